@@ -1,0 +1,36 @@
+# genpipe: the two commands of the README quickstart, and what they need.
+#   make run   set up .venv, then run the main job on the embedded defaults (quick profile)
+#   make test  set up .venv, then run every test
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install lock clean
+.DEFAULT_GOAL := run
+
+install: $(STAMP)
+
+# torch first, pinned: an unpinned torch pulls several GB of CUDA wheels on CPU hosts.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/genpipe prepare
+	$(BIN)/genpipe train --family vae
+	$(BIN)/genpipe evaluate --family vae
+	@echo "done: models/vae/checkpoint.pt, metrics/vae.json; browse runs with: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# Re-resolve the pinned set after changing dependencies in pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu$$/torch==\1/' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache mlflow.db mlartifacts .ray_results data models metrics/*.json metrics/*.png

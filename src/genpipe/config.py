@@ -1,0 +1,222 @@
+"""Typed, validated configuration: params.yaml loaded once into frozen models.
+
+Resolution order (later wins):
+
+1. the base values in ``params.yaml``;
+2. the active profile, ``profiles.<profile>``, deep-merged on top (``quick`` for CPU
+   minutes, ``full`` for a GPU);
+3. ``-S key.path=value`` overrides, the same syntax as ``dvc exp run -S``. Values are
+   parsed as YAML (``-S train.steps=10``, ``-S vae.channels=[16,32]``).
+
+Unknown keys, wrong types and out-of-range values raise :class:`InputError` with one line
+naming the file and the key path. Every profile is validated, not only the active one, so
+a typo in ``profiles.full`` fails on a laptop rather than on the GPU host.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from genpipe.errors import InputError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class Section(BaseModel):
+    """Base for every config section: frozen, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(Section):
+    data: Path = Path("data/prepared")  # Parquet shards + card.json
+    models: Path = Path("models")  # models/<family>/checkpoint.pt
+    metrics: Path = Path("metrics")  # metrics/<family>.json (DVC metrics)
+
+
+class DataConfig(Section):
+    source: Literal["digits"] = "digits"  # scikit-learn's bundled 8x8 handwritten digits
+    resolution: int = Field(16, ge=8, le=256)  # side length of the prepared images, pixels
+    val_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # share of images held out for validation
+    test_fraction: float = Field(0.1, gt=0.0, lt=0.5)  # share held out for the final numbers
+    shard_rows: int = Field(1024, ge=1)  # rows per Parquet shard
+
+
+class TrainConfig(Section):
+    runner: Literal["local", "ray"] = "ray"  # in-process loop, or the same loop in Ray Train
+    num_workers: int = Field(2, ge=1, le=1024)  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False  # one GPU per Ray worker (NCCL); CPU workers use gloo
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # local runner only; auto = cuda if present
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    steps: int = Field(2000, ge=1)  # optimizer steps in total (each phase of a family)
+    batch_size: int = Field(64, ge=1)  # per worker
+    warmup_steps: int = Field(100, ge=0)  # linear warm-up, then cosine decay to lr_min_ratio*lr
+    lr_min_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    grad_clip: float = Field(1.0, gt=0.0)  # max global gradient norm per phase
+    ema_decay: float = Field(0.999, ge=0.0, lt=1.0)  # EMA of the weights, used for sampling
+    log_every: int = Field(25, ge=1)  # steps between logged losses
+    sample_every: int = Field(500, ge=1)  # steps between sample grids logged to MLflow
+    checkpoint_every: int = Field(500, ge=1)  # steps between checkpoints (and one at the end)
+    threads: int = Field(0, ge=0)  # torch CPU threads for the local runner; 0 = torch default
+    storage_path: str = Field(".ray_results", min_length=1)  # Ray Train run state; s3://... on a cluster
+    max_failures: int = Field(0, ge=0)  # Ray Train restarts from the last checkpoint after a worker dies
+
+
+class TrackingConfig(Section):
+    experiment: str = Field("genpipe", min_length=1)  # MLflow experiment name
+    # The tracking URI is not a param: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.
+
+
+class EvaluateConfig(Section):
+    batch_size: int = Field(256, ge=1)
+    grid_samples: int = Field(64, ge=1, le=1024)  # images in the evaluation sample grid
+
+
+class FamilyConfig(Section):
+    """Fields every trainable family has: its optimizer."""
+
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError("each beta must be in [0, 1)")
+        return v
+
+
+class VAEConfig(FamilyConfig):
+    """Convolutional VAE (Kingma & Welling 2014) with a discretised-logistic decoder."""
+
+    latent_dim: int = Field(12, ge=1)  # size of z
+    channels: tuple[int, ...] = Field((32, 64), min_length=1)  # conv widths, one per 2x downsample
+    kl_weight: float = Field(1.0, gt=0.0)  # 1.0 is the ELBO; other values give a beta-VAE
+
+
+class Config(Section):
+    profile: str = "quick"  # name of the entry in `profiles` to apply
+    seed: int = Field(0, ge=0)
+    families: tuple[Literal["vae"], ...] = Field(("vae",), min_length=1)  # trained by the pipeline
+    paths: PathsConfig = PathsConfig()
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    vae: VAEConfig = VAEConfig()
+
+    def family(self, name: str) -> FamilyConfig:
+        """The typed section of one family, e.g. ``cfg.family("vae")``."""
+        section = getattr(self, name, None)
+        if not isinstance(section, FamilyConfig):
+            raise InputError(f"unknown family {name!r} (known: {', '.join(FAMILY_NAMES)})")
+        return section
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready resolved config (what is saved beside checkpoints and logged)."""
+        return self.model_dump(mode="json")
+
+    def digest(self, *sections: str) -> str:
+        """sha256 of the named sections (all if none), to tell whether a config changed."""
+        data = self.to_dict()
+        if sections:
+            data = {k: data[k] for k in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+FAMILY_NAMES: tuple[str, ...] = tuple(
+    name for name, f in Config.model_fields.items() if isinstance(f.default, FamilyConfig)
+)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"vae.lr=0.1"`` -> ``(["vae", "lr"], 0.1)``; the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(p.strip() for p in parts):
+        raise InputError(f"-S {text}: expected key.path=value")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return [p.strip() for p in parts], parsed
+
+
+def _set_path(tree: dict[str, Any], parts: list[str], value: Any, origin: str) -> None:
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise InputError(f"{origin}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _validate(tree: dict[str, Any], where: str, prefix: str = "") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = prefix + ".".join(str(p) for p in err["loc"])
+        got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
+        more = f" [+{exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
+        raise InputError(f"{where}: {key}: {err['msg']}{got}{more}") from None
+
+
+def resolve(raw: dict[str, Any], overrides: list[str] = (), where: str = "params.yaml") -> Config:
+    """Resolve a raw params tree (+ profile + overrides) into a validated :class:`Config`."""
+    parsed = [(parse_override(o), o) for o in overrides]
+    tree = copy.deepcopy(raw)
+    for (parts, value), text in parsed:
+        _set_path(tree, parts, value, f"{where}: -S {text}")
+    profiles = tree.pop("profiles", None) or {}
+    if not isinstance(profiles, dict) or not all(isinstance(p, dict) for p in profiles.values()):
+        raise InputError(f"{where}: profiles: expected a mapping of profile name to settings")
+    name = tree.get("profile", Config.model_fields["profile"].default)
+    if name not in profiles:
+        raise InputError(f"{where}: profile: unknown profile {name!r} (defined: {', '.join(profiles) or 'none'})")
+    _validate(tree, where)  # the base alone first, so its errors are not blamed on a profile
+    for other, settings in profiles.items():  # every profile must be valid, not only the active one
+        _validate(_deep_merge(tree, settings), where, prefix=f"profiles.{other}.")
+    tree = _deep_merge(tree, profiles[name])
+    for (parts, value), text in parsed:  # -S beats the profile
+        if parts[0] != "profiles":
+            _set_path(tree, parts, value, f"{where}: -S {text}")
+    return _validate(tree, where)
+
+
+def load_config(path: Path | str = DEFAULT_PARAMS, overrides: list[str] = ()) -> Config:
+    """Read ``params.yaml``, apply its profile and ``-S`` overrides, validate once."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such params file") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}:{line} is not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping at the top level")
+    return resolve(raw, overrides, where=str(path))

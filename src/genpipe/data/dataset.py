@@ -1,0 +1,75 @@
+"""Read a prepared dataset back: one split as tensors, checked against its card."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from genpipe.data.prepare import read_card
+from genpipe.errors import InputError
+from genpipe.storage import sha256_file
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """One split of a prepared dataset, held in memory."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+    card: dict
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.card["shape"])  # (C, H, W)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.card["num_classes"])
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1] (the range every family trains on)."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255], rounding to the nearest level."""
+    return x.clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
+
+
+def load_split(data_dir: Path | str, split: str, verify: bool = False) -> ImageSplit:
+    """Load ``split`` ("train", "val" or "test") of the dataset in ``data_dir``.
+
+    With ``verify``, each shard's sha256 is checked against the card first.
+    """
+    data_dir = Path(data_dir)
+    card = read_card(data_dir)
+    c, h, w = card["shape"]
+    images, labels = [], []
+    for shard in card["shards"]:
+        path = data_dir / shard["path"]
+        if not path.exists():
+            raise InputError(f"{path}: shard listed in {data_dir / 'card.json'} is missing")
+        if verify and sha256_file(path) != shard["sha256"]:
+            raise InputError(f"{path}: sha256 does not match {data_dir / 'card.json'}")
+        table = pq.read_table(path, columns=["split", "label", "pixels"])
+        table = table.filter(pc.equal(table["split"], split))
+        if table.num_rows:
+            buf = b"".join(table["pixels"].to_pylist())
+            images.append(np.frombuffer(buf, dtype=np.uint8).reshape(-1, c, h, w))
+            labels.append(table["label"].to_numpy().astype(np.int64))
+    if not images:
+        raise InputError(f"{data_dir}: split {split!r} is empty")
+    return ImageSplit(
+        images=torch.from_numpy(np.concatenate(images)),
+        labels=torch.from_numpy(np.concatenate(labels)),
+        card=card,
+    )

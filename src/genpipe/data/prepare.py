@@ -1,0 +1,113 @@
+"""The prepare stage: a source -> stratified train/val/test split -> Parquet shards + card.
+
+Layout of ``paths.data`` (written atomically as a whole)::
+
+    shard-00000.parquet   columns: index (int32), split (string), label (int16),
+    ...                            pixels (binary, C*H*W uint8 bytes in CHW order)
+    card.json             source, shape, classes, counts per split, sha256 per shard
+
+The dataset sha256 (``card["sha256"]``) is the sha256 of the shards' hashes in order; it is
+what MLflow runs and reports cite.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from genpipe import __version__
+from genpipe.config import Config
+from genpipe.data.sources import SOURCES
+from genpipe.storage import atomic_directory, sha256_file
+
+SPLITS = ("train", "val", "test")
+CARD = "card.json"
+SCHEMA = pa.schema(
+    [
+        ("index", pa.int32()),
+        ("split", pa.string()),
+        ("label", pa.int16()),
+        ("pixels", pa.binary()),
+    ]
+)
+
+
+def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Assign each image to a split, stratified by label and fixed by ``seed``.
+
+    Returns an array of split names, one per image.
+    """
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(labels), dtype=object)
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_test = int(round(len(idx) * test_fraction))
+        n_val = int(round(len(idx) * val_fraction))
+        out[idx[:n_test]] = "test"
+        out[idx[n_test : n_test + n_val]] = "val"
+        out[idx[n_test + n_val :]] = "train"
+    return out
+
+
+def prepare_dataset(cfg: Config) -> dict:
+    """Run the prepare stage for ``cfg.data`` into ``cfg.paths.data``; returns the card."""
+    dc = cfg.data
+    src = SOURCES[dc.source](dc.resolution)
+    splits = split_indices(src.labels, dc.val_fraction, dc.test_fraction, cfg.seed)
+    order = np.concatenate([np.flatnonzero(splits == s) for s in SPLITS])  # train, val, test
+    _, c, h, w = src.images.shape
+
+    with atomic_directory(cfg.paths.data) as tmp:
+        shards = []
+        for k, start in enumerate(range(0, len(order), dc.shard_rows)):
+            rows = order[start : start + dc.shard_rows]
+            table = pa.table(
+                {
+                    "index": pa.array(rows.astype(np.int32)),
+                    "split": pa.array(splits[rows].tolist(), pa.string()),
+                    "label": pa.array(src.labels[rows].astype(np.int16)),
+                    "pixels": pa.array([src.images[i].tobytes() for i in rows], pa.binary()),
+                },
+                schema=SCHEMA,
+            )
+            name = f"shard-{k:05d}.parquet"
+            pq.write_table(table, tmp / name, compression="zstd")
+            shards.append({"path": name, "rows": len(rows), "sha256": sha256_file(tmp / name)})
+        card = {
+            "source": dc.source,
+            "description": src.description,
+            "shape": [c, h, w],
+            "dtype": "uint8",
+            "num_classes": len(src.class_names),
+            "class_names": list(src.class_names),
+            "counts": {s: int((splits == s).sum()) for s in SPLITS},
+            "label_counts": {
+                s: np.bincount(src.labels[splits == s], minlength=len(src.class_names)).tolist()
+                for s in SPLITS
+            },
+            "seed": cfg.seed,
+            "params": cfg.data.model_dump(mode="json"),
+            "shards": shards,
+            "sha256": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest(),
+            "created_by": f"genpipe {__version__}",
+        }
+        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
+def read_card(data_dir: Path | str) -> dict:
+    """The dataset card of a prepared dataset; :class:`InputError` if it is missing."""
+    from genpipe.errors import InputError
+
+    path = Path(data_dir) / CARD
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: no prepared dataset here; run `genpipe prepare` first") from None
+    except json.JSONDecodeError:
+        raise InputError(f"{path}: not valid JSON; run `genpipe prepare` again") from None

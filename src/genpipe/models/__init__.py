@@ -1,0 +1,27 @@
+"""Model families behind one interface, and the explicit registry of them.
+
+Adding a family: a module with its model and a ``FAMILY`` spec, its config section in
+:mod:`genpipe.config`, and one line in :data:`FAMILIES`. The contract tests in
+``tests/models/test_contract.py`` then run over it.
+"""
+
+from __future__ import annotations
+
+from genpipe.errors import InputError
+from genpipe.models import vae
+from genpipe.models.base import Family, GenerativeModel, ImageSpec, LogLikelihood, OptimizerGroup
+
+FAMILIES: dict[str, Family] = {
+    "vae": vae.FAMILY,
+}
+
+
+def get_family(name: str) -> Family:
+    """The registered family ``name``; :class:`InputError` naming the known ones otherwise."""
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise InputError(f"--family {name}: unknown family (known: {', '.join(FAMILIES)})") from None
+
+
+__all__ = ["FAMILIES", "Family", "GenerativeModel", "ImageSpec", "LogLikelihood", "OptimizerGroup", "get_family"]

@@ -1,0 +1,94 @@
+"""The family interface: what training, evaluation and generation need from a model.
+
+A family is a small spec (:class:`Family`): its typed config section and a ``build``
+function. ``build`` returns an ``nn.Module`` that satisfies :class:`GenerativeModel`.
+Families implement this protocol; they do not inherit behaviour from a base class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from genpipe.config import FamilyConfig
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What a model must know about the data: ``shape`` is (C, H, W)."""
+
+    shape: tuple[int, int, int]
+    num_classes: int
+
+
+@dataclass(frozen=True)
+class OptimizerGroup:
+    """Parameters stepped together in one phase, with their optimizer settings."""
+
+    params: list[nn.Parameter]
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+
+
+@dataclass(frozen=True)
+class LogLikelihood:
+    """log p(x) per image in nats, and whether it is the exact value or a bound."""
+
+    nats: torch.Tensor  # (B,) log-likelihood (or its bound) of each image, in nats
+    kind: Literal["exact", "lower_bound"]
+    estimator: str  # e.g. "elbo", "iwae-64", "change-of-variables"
+
+
+@runtime_checkable
+class GenerativeModel(Protocol):
+    """A trained or trainable generative model over images in [-1, 1]."""
+
+    def optimizer_groups(self) -> dict[str, OptimizerGroup]:
+        """Phases of one training step, in order (``{"model": ...}``; a GAN has two)."""
+        ...
+
+    def training_losses(
+        self, x: torch.Tensor, labels: torch.Tensor | None, phase: str
+    ) -> dict[str, torch.Tensor]:
+        """Losses of one phase on a batch ``x`` (B, C, H, W) in [-1, 1].
+
+        ``"loss"`` is the scalar the loop backpropagates; every other entry is a scalar
+        that is logged as it is.
+        """
+        ...
+
+    def sample(
+        self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``n`` images (n, C, H, W) in [-1, 1]. Noise comes from ``generator`` on the CPU,
+        so a seed gives the same draws on any device."""
+        ...
+
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LogLikelihood | None:
+        """log p(x) of 8-bit images ``x`` in [-1, 1], or None if the family has none."""
+        ...
+
+
+@dataclass(frozen=True)
+class Family:
+    """A registered family: its name, config section type and builder."""
+
+    name: str
+    config_type: type[FamilyConfig]
+    build: Callable[[FamilyConfig, ImageSpec], nn.Module]
+    summary: str
+
+
+def cpu_randn(shape: Iterable[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Standard normal noise drawn on the CPU (device-independent for a seed), then moved."""
+    return torch.randn(tuple(shape), generator=generator).to(device)
+
+
+def bits_per_dim(nats: torch.Tensor, num_dims: int) -> torch.Tensor:
+    """Convert -log p(x) in nats per image to bits per dimension: nats / (D ln 2)."""
+    return nats / (num_dims * torch.log(torch.tensor(2.0, dtype=nats.dtype)))

@@ -1,0 +1,27 @@
+"""MLflow at the edges: run naming, params, tags, lineage, and the training logger."""
+
+from genpipe.tracking.mlflow import (
+    MlflowTrainLogger,
+    client,
+    end_run,
+    flatten_params,
+    git_commit,
+    log_artifact,
+    log_metrics,
+    set_tags,
+    start_run,
+    tracking_uri,
+)
+
+__all__ = [
+    "MlflowTrainLogger",
+    "client",
+    "end_run",
+    "flatten_params",
+    "git_commit",
+    "log_artifact",
+    "log_metrics",
+    "set_tags",
+    "start_run",
+    "tracking_uri",
+]

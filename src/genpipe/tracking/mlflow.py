@@ -1,0 +1,129 @@
+"""MLflow tracking through ``MlflowClient`` with explicit run ids (no global active run).
+
+Explicit ids let rank 0 of a Ray Train job log into the run the driver created, and let
+a nested run name its parent. The default store is the sqlite file ``mlflow.db`` in the
+project folder (``mlflow ui`` reads it with no server); ``MLFLOW_TRACKING_URI`` points
+elsewhere. Artifacts of a local store go to ``mlartifacts/`` beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from genpipe.evaluation.grid import make_grid
+
+MAX_PARAM_LEN = 500  # MLflow's limit on a param value
+SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` or ``sqlite:///<cwd>/mlflow.db`` (absolute: Ray workers may chdir)."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    return MlflowClient(tracking_uri=uri or tracking_uri())
+
+
+def git_commit(cwd: Path | str = ".") -> str:
+    """HEAD's sha, suffixed ``-dirty`` when tracked files have changes; ``unknown`` outside git."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}-dirty" if dirty else sha
+
+
+def flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"train.steps": "2000", ...}``; anything that looks secret is dropped."""
+    out: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if any(word in name.lower() for word in SECRET_WORDS):
+            continue
+        if isinstance(value, dict):
+            out.update(flatten_params(value, f"{name}."))
+        else:
+            out[name] = str(value)[:MAX_PARAM_LEN]
+    return out
+
+
+def _experiment_id(c: MlflowClient, name: str, uri: str) -> str:
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if uri.startswith("sqlite:///"):  # local store: keep artifacts beside the db, absolute
+        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created concurrently by another process
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def start_run(
+    experiment: str,
+    run_name: str,
+    params: dict[str, str],
+    tags: dict[str, str],
+    parent_run_id: str | None = None,
+    uri: str | None = None,
+) -> str:
+    """Create a run (nested under ``parent_run_id`` if given) with params and tags; its id."""
+    uri = uri or tracking_uri()
+    c = client(uri)
+    all_tags = {MLFLOW_RUN_NAME: run_name, **tags}
+    if parent_run_id:
+        all_tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run = c.create_run(_experiment_id(c, experiment, uri), run_name=run_name, tags=all_tags)
+    run_id = run.info.run_id
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+        c.log_batch(run_id, params=items[i : i + 100])
+    return run_id
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, uri: str | None = None) -> None:
+    MlflowTrainLogger(run_id, uri or tracking_uri()).log_metrics(step, metrics)
+
+
+def set_tags(run_id: str, tags: dict[str, str], uri: str | None = None) -> None:
+    client(uri).log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_artifact(run_id: str, path: Path | str, artifact_path: str | None = None, uri: str | None = None) -> None:
+    client(uri).log_artifact(run_id, str(path), artifact_path)
+
+
+def end_run(run_id: str, ok: bool, uri: str | None = None) -> None:
+    status = RunStatus.to_string(RunStatus.FINISHED if ok else RunStatus.FAILED)
+    client(uri).set_terminated(run_id, status=status)
+
+
+class MlflowTrainLogger:
+    """The training loop's logger: losses per step and sample grids (image series ``samples``)."""
+
+    def __init__(self, run_id: str, uri: str):
+        self.run_id, self.uri = run_id, uri
+        self._client = client(uri)
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        ts = int(time.time() * 1000)
+        self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+
+    def log_samples(self, step: int, images: torch.Tensor) -> None:
+        self._client.log_image(self.run_id, make_grid(images), key="samples", step=step)

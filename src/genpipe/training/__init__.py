@@ -1,0 +1,5 @@
+"""Training: one single-device loop, run in-process or under Ray Train; EMA; checkpoints."""
+
+from genpipe.training.stage import TrainOutcome, fit, train_family
+
+__all__ = ["TrainOutcome", "fit", "train_family"]

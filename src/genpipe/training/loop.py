@@ -1,0 +1,207 @@
+"""The single-device training loop, shared by every family and every runner.
+
+Written for one device (torchtitan's rule); data parallelism comes from outside through
+a :class:`World` (``LocalWorld`` in-process, Ray Train's DDP in ``ray_train``). The loop
+itself never imports MLflow or Ray: it reports through a :class:`TrainLogger` and a
+:class:`Checkpointer`, both given by the caller.
+
+Determinism: batches are a pure function of (seed, step, rank), like DistributedSampler
+with drop_last; model noise comes from the global torch RNG seeded with seed + rank and
+saved in each checkpoint, so a resumed run continues the same random stream.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from genpipe.config import TrainConfig
+from genpipe.data.dataset import ImageSplit, to_model_range, to_uint8
+from genpipe.training.checkpoint import FORMAT, rng_state, set_rng_state
+from genpipe.training.ema import make_ema
+
+SAMPLE_GRID = 64  # images in the sample grids logged during training
+
+
+class World(Protocol):
+    """The data-parallel world the loop runs in."""
+
+    rank: int
+    world_size: int
+
+    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module: ...
+    def all_gather(self, obj: Any) -> list[Any]: ...
+    def mean(self, t: torch.Tensor) -> torch.Tensor: ...
+    def progress(self, total: int, initial: int, desc: str) -> Any: ...
+
+
+class TrainLogger(Protocol):
+    """Where rank 0 sends losses and sample images (MLflow in practice)."""
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
+    def log_samples(self, step: int, images: torch.Tensor) -> None: ...
+
+
+class Checkpointer(Protocol):
+    """Called on every rank at each checkpoint; ``state`` is None except on rank 0."""
+
+    def save(self, state: dict[str, Any] | None, step: int, final: bool, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopResult:
+    step: int
+    losses: dict[str, float]  # means over the last logging window, all ranks
+    seconds: float  # wall-clock of this call (not counting earlier, resumed segments)
+    images_per_second: float
+
+
+class _TrainingStep(nn.Module):
+    """Routes ``forward`` to ``training_losses`` so DDP's gradient hooks see the step."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor, phase: str) -> dict[str, torch.Tensor]:
+        return self.model.training_losses(x, labels, phase)
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio``."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int, rank: int, world_size: int) -> torch.Tensor:
+    """Indices of the batch at ``step`` for ``rank``: epoch-wise shuffles, sharded by rank."""
+    per_rank = n // world_size
+    per_epoch = per_rank // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"train.batch_size={batch_size} x {world_size} workers exceeds the {n} training images")
+    epoch, k = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    mine = perm[rank : per_rank * world_size : world_size]
+    return mine[k * batch_size : (k + 1) * batch_size]
+
+
+def _autocast(device: torch.device, precision: str):
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def train_loop(
+    model: nn.Module,
+    data: ImageSplit,
+    cfg: TrainConfig,
+    *,
+    seed: int,  # base seed; rank r uses seed + r for model noise
+    device: torch.device,  # where this rank computes
+    world: World,  # LocalWorld or the Ray Train world
+    logger: TrainLogger | None,  # rank 0 only; None elsewhere
+    checkpointer: Checkpointer,  # every rank
+    meta: dict[str, Any],  # saved in checkpoints: family, config, mlflow run id, ...
+    resume: dict[str, Any] | None = None,  # a checkpoint to continue from
+) -> LoopResult:
+    """Train ``model`` for ``cfg.steps`` optimizer steps on ``data``; returns the last losses."""
+    model.to(device)
+    groups = model.optimizer_groups()
+    optimizers = {
+        phase: torch.optim.AdamW(g.params, lr=g.lr, betas=g.betas, weight_decay=g.weight_decay)
+        for phase, g in groups.items()
+    }
+    ema = make_ema(model, cfg.ema_decay)
+    step_module = world.wrap(_TrainingStep(model), device)
+    torch.manual_seed(seed + world.rank)
+    step = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        ema.load_state_dict(resume["ema"])
+        for phase, opt in optimizers.items():
+            opt.load_state_dict(resume["optimizers"][phase])
+        if world.rank < len(resume["rng"]):  # same world size: the same random stream goes on
+            set_rng_state(resume["rng"][world.rank], device)
+        step = int(resume["step"])
+
+    images, labels = data.images, data.labels
+    window: dict[str, float] = defaultdict(float)
+    window_steps, window_start, t0, last = 0, time.perf_counter(), time.perf_counter(), {}
+    first_step = step
+    bar = world.progress(cfg.steps, step, meta.get("family", "train"))
+    sample_gen_seed = seed + 1_000_003  # fixed noise: grids at different steps are comparable
+    while step < cfg.steps:
+        idx = batch_indices(len(images), cfg.batch_size, seed, step, world.rank, world.world_size)
+        x = to_model_range(images[idx]).to(device, non_blocking=True)  # (B, C, H, W) in [-1, 1]
+        y = labels[idx].to(device, non_blocking=True)  # (B,)
+        factor = lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_min_ratio)
+        for phase, opt in optimizers.items():
+            for pg in opt.param_groups:
+                pg["lr"] = groups[phase].lr * factor
+            with _autocast(device, cfg.precision):
+                losses = step_module(x, y, phase)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            grad_norm = nn.utils.clip_grad_norm_(groups[phase].params, cfg.grad_clip)
+            opt.step()
+            prefix = "" if len(optimizers) == 1 else f"{phase}/"
+            for k, v in losses.items():
+                window[prefix + k] += float(v.detach())
+            window[prefix + "grad_norm"] += float(grad_norm)
+        ema.update_parameters(model)
+        step += 1
+        window_steps += 1
+
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            keys = sorted(window)
+            means = world.mean(torch.tensor([window[k] / window_steps for k in keys], dtype=torch.float64))
+            last = dict(zip(keys, means.tolist()))
+            elapsed = time.perf_counter() - window_start
+            ips = window_steps * cfg.batch_size * world.world_size / max(elapsed, 1e-9)
+            if logger is not None:
+                logger.log_metrics(step, {**last, "lr": groups[next(iter(groups))].lr * factor, "images_per_s": ips})
+            bar.set_postfix(loss=f"{last['loss' if 'loss' in last else keys[0]]:.4f}", img_s=f"{ips:.0f}")
+            window.clear()
+            window_steps, window_start = 0, time.perf_counter()
+        bar.update(1)
+
+        if logger is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
+            ema.module.eval()
+            imgs = ema.module.sample(SAMPLE_GRID, generator=torch.Generator().manual_seed(sample_gen_seed))
+            ema.module.train()
+            logger.log_samples(step, to_uint8(imgs.float().cpu()))
+
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            rngs = world.all_gather(rng_state(device))
+            state = None
+            if world.rank == 0:
+                state = {
+                    "format": FORMAT,
+                    "family": meta.get("family"),
+                    "step": step,
+                    "total_steps": cfg.steps,
+                    "model": model.state_dict(),
+                    "ema": ema.state_dict(),
+                    "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
+                    "rng": rngs,
+                    "config": meta.get("config", {}),
+                    "meta": {k: v for k, v in meta.items() if k != "config"} | {"world_size": world.world_size},
+                }
+            checkpointer.save(state, step, final=step == cfg.steps, metrics=last)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    done = step - first_step
+    return LoopResult(
+        step=step,
+        losses=last,
+        seconds=seconds,
+        images_per_second=done * cfg.batch_size * world.world_size / max(seconds, 1e-9),
+    )

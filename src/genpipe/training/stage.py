@@ -1,0 +1,185 @@
+"""The train stage: one family, in-process or under Ray Train, tracked as one MLflow run.
+
+``train_family`` is what ``genpipe train`` and the pipeline's train task call. It checks
+the inputs, opens the MLflow run ``<family>-<dataset>`` (nested under a parent when the
+pipeline runs it), runs :func:`fit` on one or many ranks, then promotes
+``models/<family>/last.pt`` to ``checkpoint.pt`` with ``config.json`` beside it and logs
+the checkpoint as an artifact.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from genpipe.config import Config
+from genpipe.data import load_split, read_card
+from genpipe.errors import InputError
+from genpipe.models import ImageSpec, get_family
+from genpipe.training.checkpoint import (
+    CONFIG,
+    FINAL,
+    LAST,
+    family_dir,
+    load_checkpoint,
+    save_checkpoint,
+    write_config_json,
+)
+from genpipe.training.loop import Checkpointer, LoopResult, TrainLogger, World, train_loop
+from genpipe.training.world import LocalWorld, pick_device
+
+# sections whose change makes a checkpoint belong to a different experiment
+RESUME_SECTIONS = ("seed", "data", "train")
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    family: str
+    run_id: str
+    checkpoint: Path
+    step: int
+    losses: dict[str, float]
+    seconds: float
+
+
+class LocalCheckpointer:
+    """In-process runs write ``last.pt`` themselves, atomically."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def save(self, state: dict[str, Any] | None, step: int, final: bool, metrics: dict[str, float]) -> None:
+        if state is not None:
+            save_checkpoint(self.directory / LAST, state)
+
+
+def build_model(cfg: Config, family: str, spec: ImageSpec) -> nn.Module:
+    return get_family(family).build(cfg.family(family), spec)
+
+
+def fit(
+    cfg: Config,
+    family: str,
+    *,
+    world: World,
+    device: torch.device,
+    logger: TrainLogger | None,
+    checkpointer: Checkpointer,
+    meta: dict[str, Any],
+    resume: dict[str, Any] | None,
+) -> LoopResult:
+    """Load the train split, build the family's model, run the loop (on one rank)."""
+    data = load_split(cfg.paths.data, "train")
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
+    model = build_model(cfg, family, ImageSpec(data.shape, data.num_classes))
+    return train_loop(
+        model, data, cfg.train, seed=cfg.seed, device=device, world=world,
+        logger=logger, checkpointer=checkpointer, meta=meta, resume=resume,
+    )
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if (d := _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)) is not None:
+                return d
+        return None
+    return None if a == b else f"{path}: {a!r} then, {b!r} now"
+
+
+def _resume_state(cfg: Config, family: str, out_dir: Path) -> dict[str, Any]:
+    state = load_checkpoint(out_dir / LAST)
+    now = cfg.to_dict()
+    then = state["config"]
+    for section in (*RESUME_SECTIONS, family):
+        if (diff := _first_difference(then.get(section), now.get(section), section)) is not None:
+            raise InputError(f"--resume: {out_dir / LAST} was trained with another config ({diff})")
+    return state
+
+
+def _check_inputs(cfg: Config, family: str, card: dict) -> None:
+    tc = cfg.train
+    world = tc.num_workers if tc.runner == "ray" else 1
+    if card["counts"]["train"] // world < tc.batch_size:
+        raise InputError(
+            f"train.batch_size: {tc.batch_size} per worker x {world} workers exceeds the "
+            f"{card['counts']['train']} training images in {cfg.paths.data}"
+        )
+    if tc.runner == "local":
+        pick_device(tc.device)  # fails now if cuda is asked for and absent
+
+
+def train_family(
+    cfg: Config, family: str, *, resume: bool = False, parent_run_id: str | None = None
+) -> TrainOutcome:
+    """Train ``family`` on the prepared dataset; returns where the checkpoint went."""
+    from genpipe import tracking
+
+    get_family(family)
+    card = read_card(cfg.paths.data)
+    _check_inputs(cfg, family, card)
+    out_dir = family_dir(cfg.paths.models, family)
+    resume_state = _resume_state(cfg, family, out_dir) if resume else None
+    uri = tracking.tracking_uri()
+    run_name = f"{family}-{card['source']}"
+    if resume_state is not None:
+        run_id = resume_state["meta"]["mlflow_run_id"]
+        tracking.client(uri).update_run(run_id, status="RUNNING")
+    else:
+        params = tracking.flatten_params({k: cfg.to_dict()[k] for k in ("profile", "seed", "data", "train", family)})
+        tags = {"genpipe.family": family, "genpipe.dataset_sha256": card["sha256"], "genpipe.git_commit": tracking.git_commit()}
+        run_id = tracking.start_run(cfg.tracking.experiment, run_name, params, tags, parent_run_id, uri)
+    meta = {
+        "family": family,
+        "config": cfg.to_dict(),
+        "mlflow_run_id": run_id,
+        "dataset_sha256": card["sha256"],
+        "git_commit": tracking.git_commit(),
+    }
+    t0 = time.perf_counter()
+    ok = False
+    try:
+        if cfg.train.runner == "local":
+            if cfg.train.threads:
+                torch.set_num_threads(cfg.train.threads)
+            result = fit(
+                cfg, family, world=LocalWorld(), device=pick_device(cfg.train.device),
+                logger=tracking.MlflowTrainLogger(run_id, uri), checkpointer=LocalCheckpointer(out_dir),
+                meta=meta, resume=resume_state,
+            )
+            step, losses = result.step, result.losses
+        else:
+            from genpipe.training.ray_train import train_with_ray
+
+            ray_result = train_with_ray(
+                cfg, family, run_id=run_id, tracking_uri=uri, meta=meta, family_dir=out_dir,
+                run_name=f"{run_name}-{run_id[:8]}", resume=resume_state,
+            )
+            step = int(ray_result.metrics["step"])
+            losses = {k: v for k, v in ray_result.metrics.items() if k != "step"}
+        final = _promote(out_dir, cfg, step)
+        seconds = time.perf_counter() - t0
+        tracking.log_metrics(run_id, {"train_seconds": seconds}, step=step, uri=uri)
+        tracking.log_artifact(run_id, final, "checkpoint", uri=uri)
+        tracking.log_artifact(run_id, out_dir / CONFIG, "checkpoint", uri=uri)
+        ok = True
+    finally:
+        tracking.end_run(run_id, ok=ok, uri=uri)
+    return TrainOutcome(family, run_id, final, step, losses, seconds)
+
+
+def _promote(out_dir: Path, cfg: Config, step: int) -> Path:
+    """``last.pt`` of a finished run becomes ``checkpoint.pt``, with ``config.json`` beside it."""
+    last, final = out_dir / LAST, out_dir / FINAL
+    state_step = load_checkpoint(last)["step"]
+    if state_step != cfg.train.steps or step != cfg.train.steps:
+        raise RuntimeError(f"{last}: holds step {state_step}, expected {cfg.train.steps}")
+    write_config_json(out_dir, cfg.to_dict())
+    os.replace(last, final)
+    return final

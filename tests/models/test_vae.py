@@ -1,0 +1,83 @@
+"""The VAE's math: the discretised-logistic likelihood, the closed-form KL, the ELBO."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from genpipe.config import resolve
+from genpipe.errors import InputError
+from genpipe.models import FAMILIES, ImageSpec
+from genpipe.models.distributions import discretized_logistic_log_prob
+
+LEVELS = torch.arange(256, dtype=torch.float64) / 127.5 - 1.0  # the 256 pixel values in [-1, 1]
+
+
+@pytest.mark.parametrize(("mean", "log_scale"), [(0.0, -2.0), (0.3, -7.0), (-1.2, 0.5), (0.95, -4.0), (3.0, -1.0)])
+def test_discretized_logistic_is_a_distribution_over_256_levels(mean, log_scale):
+    p = discretized_logistic_log_prob(LEVELS, torch.tensor(mean, dtype=torch.float64), torch.tensor(log_scale, dtype=torch.float64)).exp()
+    assert float(p.sum()) == pytest.approx(1.0, abs=1e-6)
+    assert int(p.argmax()) == int(torch.argmin((LEVELS - min(max(mean, -1), 1)).abs()))
+
+
+def test_discretized_logistic_golden_value():
+    # mass of the bin [x - 1/255, x + 1/255] under Logistic(0, s): sigmoid(b/s) - sigmoid(a/s)
+    s = math.exp(-2.0)
+    x = LEVELS[128]
+    expected = 1 / (1 + math.exp(-(float(x) + 1 / 255) / s)) - 1 / (1 + math.exp(-(float(x) - 1 / 255) / s))
+    got = discretized_logistic_log_prob(x, torch.tensor(0.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64))
+    assert float(got) == pytest.approx(math.log(expected), rel=1e-9)
+
+
+def vae(**cfg):
+    torch.manual_seed(0)
+    c = resolve({"vae": {"latent_dim": 4, "channels": [8, 16], **cfg}, "profiles": {"quick": {}}}).vae
+    return FAMILIES["vae"].build(c, ImageSpec((1, 8, 8), 10))
+
+
+def test_closed_form_kl_matches_monte_carlo():
+    model = vae()
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    mu, logvar = model.encode(x)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    z = q.sample((20000,))
+    mc = (q.log_prob(z) - p.log_prob(z)).sum(-1).mean(0)
+    _, kl = model.elbo_terms(x, torch.zeros_like(mu))
+    assert torch.allclose(kl, mc, rtol=0.05, atol=0.02)
+
+
+def test_loss_is_negative_elbo_per_dimension():
+    model = vae()
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    torch.manual_seed(5)
+    losses = model.training_losses(x, None, "model")
+    torch.manual_seed(5)
+    ll = model.log_likelihood(x)
+    assert ll.kind == "lower_bound" and ll.estimator == "elbo"
+    assert float(losses["loss"].detach()) == pytest.approx(float(-ll.nats.mean()) / 64, rel=1e-5)
+    assert float(losses["elbo_bpd"]) == pytest.approx(float(-ll.nats.mean()) / (64 * math.log(2)), rel=1e-5)
+
+
+def test_a_few_steps_learn_something():
+    model = vae()
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(32, 1, 8, 8, generator=g) > 0.7).float() * 2 - 1  # sparse binary images
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss = model.training_losses(x, None, "model")["loss"]
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.5 * first
+
+
+def test_labels_and_bad_geometry_are_input_errors():
+    with pytest.raises(InputError, match="unconditional"):
+        vae().sample(2, labels=torch.tensor([1, 2]))
+    with pytest.raises(InputError, match="vae.channels"):
+        vae(channels=[8, 8, 8, 8])  # 4 halvings of 8x8

@@ -1,0 +1,117 @@
+"""Config: the shipped params.yaml, profiles, -S overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pydantic
+import pytest
+import yaml
+
+from genpipe.cli import main
+from genpipe.config import FAMILY_NAMES, Config, load_config, parse_override, resolve
+from genpipe.errors import InputError
+from genpipe.models import FAMILIES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_params_are_valid_for_every_profile():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(raw["profiles"]) >= {"quick", "full"}
+    for profile in raw["profiles"]:
+        cfg = load_config(REPO / "params.yaml", [f"profile={profile}"])
+        assert cfg.profile == profile
+    full = load_config(REPO / "params.yaml", ["profile=full"])
+    assert full.train.use_gpu and full.train.steps > load_config(REPO / "params.yaml").train.steps
+
+
+def test_every_registered_family_has_a_config_section():
+    assert set(FAMILY_NAMES) == set(FAMILIES)
+    for name, fam in FAMILIES.items():
+        assert isinstance(Config().family(name), fam.config_type)
+
+
+def test_override_values_are_parsed_as_yaml():
+    assert parse_override("train.steps=10") == (["train", "steps"], 10)
+    assert parse_override("vae.channels=[8, 16]") == (["vae", "channels"], [8, 16])
+    assert parse_override("tracking.experiment=my exp") == (["tracking", "experiment"], "my exp")
+    cfg = resolve({"profiles": {"quick": {}}}, ["vae.lr=1e-3", "vae.channels=[8,16]"])
+    assert cfg.vae.lr == pytest.approx(1e-3) and cfg.vae.channels == (8, 16)
+
+
+def test_profile_beats_base_and_override_beats_profile():
+    raw = {"train": {"steps": 5}, "profile": "full", "profiles": {"quick": {}, "full": {"train": {"steps": 50}}}}
+    assert resolve(raw).train.steps == 50
+    assert resolve(raw, ["train.steps=7"]).train.steps == 7
+    assert resolve(raw, ["profile=quick"]).train.steps == 5
+
+
+def test_config_is_frozen():
+    cfg = Config()
+    with pytest.raises(pydantic.ValidationError):
+        cfg.train.steps = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["vae.lr=abc"], "vae.lr"),  # wrong type
+        (["vae.lrr=0.1"], "vae.lrr"),  # unknown key
+        (["train.ema_decay=1.5"], "train.ema_decay"),  # out of range
+        (["train.runner=slurm"], "train.runner"),  # not one of the choices
+        (["vae.betas=[0.5, 1.2]"], "vae.betas"),
+        (["families=[vae, vea]"], "families.1"),
+    ],
+)
+def test_bad_override_names_the_key_and_the_file(tmp_path, overrides, key):
+    params = tmp_path / "params.yaml"
+    params.write_text("profiles: {quick: {}}\n")
+    with pytest.raises(InputError) as err:
+        load_config(params, overrides)
+    msg = str(err.value)
+    assert f": {key}:" in msg and str(params) in msg and "\n" not in msg
+
+
+def test_bad_key_in_the_file_and_in_an_inactive_profile(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text("trian: {steps: 3}\nprofiles: {quick: {}}\n")
+    with pytest.raises(InputError, match=r"params.yaml: trian: Extra inputs"):
+        load_config(params)
+    params.write_text("profiles: {quick: {}, full: {train: {stepz: 3}}}\n")
+    with pytest.raises(InputError, match=r"profiles\.full\.train\.stepz"):
+        load_config(params)
+    with pytest.raises(InputError, match=r"profile: unknown profile 'fast'"):
+        load_config(params, ["profile=fast"])
+
+
+def test_missing_or_broken_params_file(tmp_path):
+    with pytest.raises(InputError, match="no such params file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("override", ["vae.lr=abc", "vae.lrr=0.1"])
+def test_cli_exits_2_with_one_line_and_writes_nothing(project, capsys, override):
+    before = sorted(p.name for p in project.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--family", "vae", "-S", override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and override.split("=")[0] in err[0] and "params.yaml" in err[0]
+    assert sorted(p.name for p in project.iterdir()) == before  # no models/, no mlflow.db
+
+
+def test_console_script_exit_code(project):
+    """The installed `genpipe` entry point, as DVC and users call it."""
+    exe = Path(sys.executable).with_name("genpipe")
+    proc = subprocess.run([exe, "train", "--family", "vae", "-S", "vae.lr=abc"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("genpipe: error: params.yaml: vae.lr:"), proc.stderr
+    proc = subprocess.run([exe, "train", "--family", "gan"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--family gan: unknown family" in proc.stderr

@@ -1,0 +1,151 @@
+"""The training loop's parts, determinism, checkpoints and resume (in-process runner)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from genpipe.config import load_config
+from genpipe.data import prepare_dataset
+from genpipe.errors import InputError
+from genpipe.training import train_family
+from genpipe.training.checkpoint import load_checkpoint, save_checkpoint
+from genpipe.training.ema import ema_decay_at, make_ema
+from genpipe.training.loop import batch_indices, lr_factor
+from genpipe.training.stage import LocalCheckpointer
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+    assert lr_factor(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, 0.1) == pytest.approx(0.55)  # cosine midpoint
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+    values = [lr_factor(s, 100, 10, 0.1) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_batches_shard_an_epoch_across_ranks_without_overlap():
+    n, bs, world = 103, 8, 3
+    per_epoch = (n // world) // bs  # 4 batches per rank per epoch
+    seen = [torch.cat([batch_indices(n, bs, 0, s, r, world) for s in range(per_epoch)]) for r in range(world)]
+    flat = torch.cat(seen)
+    assert len(flat) == len(set(flat.tolist())) == world * per_epoch * bs
+    assert torch.equal(batch_indices(n, bs, 0, 5, 1, world), batch_indices(n, bs, 0, 5, 1, world))
+    assert not torch.equal(batch_indices(n, bs, 0, 0, 0, world), batch_indices(n, bs, 0, per_epoch, 0, world))
+    with pytest.raises(ValueError, match="batch_size"):
+        batch_indices(10, 8, 0, 0, 0, 2)
+
+
+def test_ema_warms_up_and_tracks_the_weights():
+    assert ema_decay_at(0.999, 0) == pytest.approx(0.1)
+    assert ema_decay_at(0.999, 10**6) == 0.999
+    model = torch.nn.Linear(2, 1)
+    ema = make_ema(model, 0.9)
+    ema.update_parameters(model)  # the first update copies
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update_parameters(model)
+    d = ema_decay_at(0.9, 1)
+    expected = model.weight - 1.0 + (1 - d) * 1.0
+    assert torch.allclose(ema.module.weight, expected)
+
+
+def test_checkpoint_round_trip_and_bad_files(tmp_path):
+    state = {"format": 1, "step": 3, "model": {"w": torch.arange(4.0)}, "rng": [{"torch": torch.get_rng_state()}], "config": {"a": [1, 2]}}
+    save_checkpoint(tmp_path / "c.pt", state)
+    back = load_checkpoint(tmp_path / "c.pt")
+    assert back["step"] == 3 and torch.equal(back["model"]["w"], state["model"]["w"]) and back["config"] == {"a": [1, 2]}
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="bad.pt: not a readable genpipe checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(InputError, match="no checkpoint here"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def _weights(path):
+    return load_checkpoint(path)["model"]
+
+
+def test_same_seed_same_final_loss_and_weights(project):
+    cfg = load_config("params.yaml")
+    prepare_dataset(cfg)
+    a = train_family(cfg, "vae")
+    wa = _weights(a.checkpoint)
+    b = train_family(cfg, "vae")
+    assert a.run_id != b.run_id
+    assert a.losses == b.losses  # exactly: same seed, same CPU, same threads
+    assert all(torch.equal(wa[k], v) for k, v in _weights(b.checkpoint).items())
+    c = train_family(load_config("params.yaml", ["seed=1"]), "vae")
+    assert c.losses["loss"] != a.losses["loss"]
+
+
+def test_checkpoint_files_config_and_mlflow_run(project, mlflow_uri):
+    cfg = load_config("params.yaml")
+    prepare_dataset(cfg)
+    out = train_family(cfg, "vae")
+    family_dir = project / "models/vae"
+    assert sorted(p.name for p in family_dir.iterdir()) == ["checkpoint.pt", "config.json"]
+    state = load_checkpoint(out.checkpoint)
+    assert state["step"] == 40 and state["family"] == "vae" and state["meta"]["mlflow_run_id"] == out.run_id
+    assert json.loads((family_dir / "config.json").read_text()) == cfg.to_dict() == state["config"]
+    run = MlflowClient(mlflow_uri).get_run(out.run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "vae-digits"
+    assert run.data.params["vae.latent_dim"] == "4" and run.data.params["train.steps"] == "40"
+    assert run.data.tags["genpipe.dataset_sha256"] == state["meta"]["dataset_sha256"]
+    assert "genpipe.git_commit" in run.data.tags
+    history = MlflowClient(mlflow_uri).get_metric_history(out.run_id, "loss")
+    assert [m.step for m in history] == list(range(5, 41, 5))
+    artifacts = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(out.run_id, "checkpoint")}
+    assert artifacts == {"checkpoint/checkpoint.pt", "checkpoint/config.json"}
+    images = [a.path for a in MlflowClient(mlflow_uri).list_artifacts(out.run_id, "images")]
+    assert len(images) >= 2  # sample grids at steps 20 and 40
+
+
+def test_resume_continues_the_same_run_steps_and_random_stream(project, monkeypatch, mlflow_uri):
+    cfg = load_config("params.yaml")
+    prepare_dataset(cfg)
+    whole = train_family(cfg, "vae")
+    expected = _weights(whole.checkpoint)
+
+    original = LocalCheckpointer.save
+
+    def crash_after_first(self, state, step, final, metrics):
+        original(self, state, step, final, metrics)
+        raise KeyboardInterrupt  # the process dies right after step 20's checkpoint
+
+    monkeypatch.setattr(LocalCheckpointer, "save", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_family(cfg, "vae")
+    monkeypatch.setattr(LocalCheckpointer, "save", original)
+    last = project / "models/vae/last.pt"
+    assert load_checkpoint(last)["step"] == 20
+    run_id = load_checkpoint(last)["meta"]["mlflow_run_id"]
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(run_id).info.status == "FAILED"
+
+    with pytest.raises(InputError, match=r"another config \(train.steps: 40 then, 60 now\)"):
+        train_family(load_config("params.yaml", ["train.steps=60"]), "vae", resume=True)
+    resumed = train_family(cfg, "vae", resume=True)
+    assert resumed.run_id == run_id and resumed.step == 40
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(5, 41, 5))
+    got = _weights(resumed.checkpoint)
+    assert all(torch.equal(expected[k], v) for k, v in got.items())  # bit-identical to the uninterrupted run
+    assert not last.exists()
+
+
+def test_resume_without_an_interrupted_run_is_an_input_error(project):
+    prepare_dataset(load_config("params.yaml"))
+    with pytest.raises(InputError, match="last.pt: no checkpoint here"):
+        train_family(load_config("params.yaml"), "vae", resume=True)
+
+
+def test_batch_larger_than_the_data_is_an_input_error(project):
+    prepare_dataset(load_config("params.yaml"))
+    with pytest.raises(InputError, match="train.batch_size"):
+        train_family(load_config("params.yaml", ["train.batch_size=5000"]), "vae")
+    assert not (project / "models").exists()
