@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--parent-run-id", default=os.environ.get("GENPIPE_PARENT_RUN_ID"), help=argparse.SUPPRESS)
     e = sub.add_parser("evaluate", parents=[common], help="held-out likelihood and sample grid of one family")
     e.add_argument("--family", required=True)
+    g = sub.add_parser("generate", parents=[common], help="batch-generate images + a Parquet manifest into a store")
+    g.add_argument("--family", default=None, help="generate from models/<family>/checkpoint.pt")
+    g.add_argument("--run-id", default=None, help="or from the checkpoint artifact of this MLflow run")
+    g.add_argument("--n", type=int, default=None, help="number of images (default: generate.n)")
+    g.add_argument("--out", default=None, help="folder, file:///path or s3://bucket/prefix (default: generate.out/<family>)")
+    g.add_argument("--seed", type=int, default=None, help="default: generate.seed")
+    g.add_argument("--labels", default=None, help="conditional models: 7, 1,2,3 or balanced")
     return p
 
 
@@ -59,6 +66,11 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         metrics = evaluate_family(cfg, args.family)
         print(json.dumps({k: metrics[k] for k in ("family", "likelihood", "samples_png")}, indent=2))
+    elif args.stage == "generate":
+        from genpipe.generation import generate_images
+
+        res = generate_images(cfg, args.family, run_id=args.run_id, n=args.n, out=args.out, seed=args.seed, labels=args.labels)
+        print(f"generated {res.num_images} images in {res.seconds:.1f}s -> {res.out} (manifest {res.manifest_uri})")
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from genpipe.errors import InputError
 
@@ -79,6 +79,33 @@ class EvaluateConfig(Section):
     grid_samples: int = Field(64, ge=1, le=1024)  # images in the evaluation sample grid
 
 
+class StorageConfig(Section):
+    """S3 settings; each falls back to the standard AWS variable when empty."""
+
+    endpoint_url: str | None = None  # else AWS_ENDPOINT_URL; empty for AWS itself
+    region: str | None = None  # else AWS_DEFAULT_REGION, else us-east-1
+    access_key_id: str | None = None  # else AWS_ACCESS_KEY_ID (prefer the environment)
+    secret_access_key: SecretStr | None = None  # else AWS_SECRET_ACCESS_KEY; never logged
+    connect_timeout: float = Field(5.0, gt=0.0)  # seconds; an unreachable endpoint fails fast
+
+
+class GenerateConfig(Section):
+    out: str = Field("generated", min_length=1)  # folder, file:///path or s3://bucket/prefix; jobs go to <out>/<family>
+    n: int = Field(64, ge=1)  # images per family and job
+    seed: int = Field(0, ge=0)  # image i of a job depends only on (seed, i, batch_size)
+    batch_size: int = Field(64, ge=1)
+    runner: Literal["local", "ray"] = "local"  # in-process, or Ray Data actors (pays off at scale)
+    num_workers: int = Field(2, ge=1)  # Ray Data actors (each holds one model copy)
+    use_gpu: bool = False  # one GPU per actor
+
+
+class PipelineConfig(Section):
+    schedule: str = Field("0 3 * * *", min_length=9)  # cron of the scheduled training pipeline
+    timezone: str = "UTC"
+    task_retries: int = Field(1, ge=0)  # retries of the tasks where a retry can help
+    record_with_dvc: bool = True  # after a run on unmodified params, `dvc commit` what it made
+
+
 class FamilyConfig(Section):
     """Fields every trainable family has: its optimizer."""
 
@@ -111,6 +138,9 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    generate: GenerateConfig = GenerateConfig()
+    storage: StorageConfig = StorageConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     vae: VAEConfig = VAEConfig()
 
     def family(self, name: str) -> FamilyConfig:

@@ -19,25 +19,19 @@ from genpipe.config import Config
 from genpipe.data import load_split, read_card, to_model_range, to_uint8
 from genpipe.errors import InputError
 from genpipe.evaluation.grid import make_grid
-from genpipe.models import ImageSpec, get_family
+from genpipe.models import get_family
 from genpipe.storage import atomic_write_bytes, sha256_file
-from genpipe.training.checkpoint import FINAL, family_dir, load_checkpoint
+from genpipe.training.checkpoint import FINAL, family_dir, load_model
 
 
 def load_trained(cfg: Config, family: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The EMA weights of ``models/<family>/checkpoint.pt`` in a model built from the config
-    it was trained with (not today's params), in eval mode; and the checkpoint."""
-    fam = get_family(family)
+    """``models/<family>/checkpoint.pt`` as an eval-mode model with its EMA weights."""
+    get_family(family)
     path = family_dir(cfg.paths.models, family) / FINAL
     if not path.exists():
         raise InputError(f"{path}: no trained model; run `genpipe train --family {family}` first")
-    state = load_checkpoint(path)
-    trained_cfg = Config.model_validate(state["config"])
     card = read_card(cfg.paths.data)
-    model = fam.build(trained_cfg.family(family), ImageSpec(tuple(card["shape"]), card["num_classes"]))
-    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    model.load_state_dict(ema)
-    return model.to(device).eval(), state
+    return load_model(path, card["shape"], card["num_classes"], device)
 
 
 @torch.no_grad()

@@ -56,6 +56,21 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     return state
 
 
+def load_model(path: Path | str, shape: tuple[int, int, int], num_classes: int, device: torch.device | str = "cpu"):
+    """The EMA weights of a checkpoint in a model built from the config it was trained with
+    (not today's params), in eval mode; returns (model, checkpoint state)."""
+    from genpipe.config import Config
+    from genpipe.models import ImageSpec, get_family
+
+    state = load_checkpoint(path)
+    trained = Config.model_validate(state["config"])
+    family = state["family"]
+    model = get_family(family).build(trained.family(family), ImageSpec(tuple(shape), num_classes))
+    ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    model.load_state_dict(ema)
+    return model.to(device).eval(), state
+
+
 def write_config_json(directory: Path | str, config: dict[str, Any]) -> None:
     """The resolved config beside the checkpoint, for people and diff tools."""
     atomic_write_bytes(Path(directory) / CONFIG, (json.dumps(config, indent=2) + "\n").encode())
