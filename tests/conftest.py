@@ -46,10 +46,86 @@ def project(tmp_path, monkeypatch, mlflow_uri) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def s3_server():
+    """A real S3 HTTP endpoint on 127.0.0.1 (moto's server), with the standard AWS variables
+    pointing at it, set before Ray starts so that Ray workers see them too."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "genpipe-test",
+        "AWS_SECRET_ACCESS_KEY": "genpipe-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env["AWS_ENDPOINT_URL"]
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_server) -> str:
+    """A fresh, empty bucket on the moto server."""
+    import uuid
+
+    import boto3
+
+    name = f"genpipe-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
     """The local Ray cluster shared by the session: 2 CPUs, as on CI."""
     import ray
 
     ray.init(num_cpus=2, log_to_driver=True)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory, mlflow_uri) -> Path:
+    """A project folder with the tiny dataset prepared and a tiny VAE trained (in-process).
+
+    Shared by the session: tests may read it and write new outputs, not change what is there.
+    """
+    from genpipe.config import load_config
+    from genpipe.data import prepare_dataset
+    from genpipe.training import train_family
+
+    folder = tmp_path_factory.mktemp("trained")
+    write_params(folder)
+    old = Path.cwd()
+    os.chdir(folder)
+    try:
+        cfg = load_config("params.yaml")
+        prepare_dataset(cfg)
+        train_family(cfg, "vae")
+    finally:
+        os.chdir(old)
+    return folder
+
+
+@pytest.fixture
+def in_trained(trained_project, monkeypatch) -> Path:
+    monkeypatch.chdir(trained_project)
+    return trained_project
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """Prefect's real local API (a temporary server on a temp sqlite database)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

@@ -127,3 +127,22 @@ class MlflowTrainLogger:
 
     def log_samples(self, step: int, images: torch.Tensor) -> None:
         self._client.log_image(self.run_id, make_grid(images), key="samples", step=step)
+
+
+def start_pipeline_run(cfg, dataset: str) -> str:
+    """The parent run of one pipeline run; family runs nest under it."""
+    params = flatten_params({k: v for k, v in cfg.to_dict().items() if k not in cfg.families})
+    tags = {"genpipe.kind": "pipeline", "genpipe.git_commit": git_commit(), "genpipe.families": ",".join(cfg.families)}
+    return start_run(cfg.tracking.experiment, f"pipeline-{dataset}", params, tags)
+
+
+def finish_pipeline_run(run_id: str, metrics_by_family: dict[str, dict], ok: bool) -> None:
+    """Log each family's headline numbers on the parent run, then close it."""
+    flat: dict[str, float] = {}
+    for family, m in metrics_by_family.items():
+        ll = (m or {}).get("likelihood") or {}
+        if "bits_per_dim" in ll:
+            flat[f"{family}.test_bits_per_dim"] = ll["bits_per_dim"]
+    if flat:
+        log_metrics(run_id, flat)
+    end_run(run_id, ok)

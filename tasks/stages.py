@@ -1,0 +1,75 @@
+"""The pipeline's tasks: prepare, train, evaluate, generate, tracking and DVC bookkeeping."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from genpipe.config import Config, load_config
+
+RETRIES = 1  # default; the pipeline flow sets pipeline.task_retries from params.yaml
+RETRY_DELAY = 10  # seconds
+
+
+def _cfg(params: str, overrides: list[str] | None) -> Config:
+    return load_config(params, overrides or [])
+
+
+@task(name="start-pipeline-run", task_run_name="start-pipeline-run")
+def start_pipeline_run(params: str, overrides: list[str] | None) -> str:
+    from genpipe import tracking
+    from genpipe.data import read_card
+
+    cfg = _cfg(params, overrides)
+    return tracking.start_pipeline_run(cfg, read_card(cfg.paths.data)["source"])
+
+
+@task(name="prepare", task_run_name="prepare")
+def prepare(params: str, overrides: list[str] | None) -> dict[str, Any]:
+    from genpipe.data import prepare_dataset
+
+    card = prepare_dataset(_cfg(params, overrides))
+    return {k: card[k] for k in ("source", "shape", "counts", "sha256")}
+
+
+@task(name="train", task_run_name="train-{family}", retries=RETRIES, retry_delay_seconds=RETRY_DELAY)
+def train(params: str, overrides: list[str] | None, family: str, parent_run_id: str | None) -> dict[str, Any]:
+    from genpipe.training import train_family
+
+    out = train_family(_cfg(params, overrides), family, parent_run_id=parent_run_id)
+    return {**asdict(out), "checkpoint": str(out.checkpoint)}
+
+
+@task(name="evaluate", task_run_name="evaluate-{family}")
+def evaluate(params: str, overrides: list[str] | None, family: str) -> dict[str, Any]:
+    from genpipe.evaluation import evaluate_family
+
+    return evaluate_family(_cfg(params, overrides), family)
+
+
+@task(name="generate", task_run_name="generate-{family}", retries=RETRIES, retry_delay_seconds=RETRY_DELAY)
+def generate(
+    params: str, overrides: list[str] | None, family: str | None, run_id: str | None = None, n: int | None = None,
+    out: str | None = None, seed: int | None = None, labels: str | None = None,
+) -> dict[str, Any]:
+    from genpipe.generation import generate_images
+
+    res = generate_images(_cfg(params, overrides), family, run_id=run_id, n=n, out=out, seed=seed, labels=labels)
+    return asdict(res)
+
+
+@task(name="finish-pipeline-run", task_run_name="finish-pipeline-run")
+def finish_pipeline_run(run_id: str, metrics: dict[str, dict], ok: bool) -> None:
+    from genpipe import tracking
+
+    tracking.finish_pipeline_run(run_id, metrics, ok)
+
+
+@task(name="record-with-dvc", task_run_name="record-with-dvc")
+def record_with_dvc(repo: str = ".") -> list[str]:
+    from genpipe.tracking.dvc import commit_pipeline
+
+    return commit_pipeline(Path(repo))
