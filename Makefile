@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install lock clean
+.PHONY: run repro test install lock clean
 .DEFAULT_GOAL := run
 
 install: $(STAMP)
@@ -19,11 +19,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
+# The Prefect flow (a temporary local Prefect API unless PREFECT_API_URL is set):
+# prepare -> train -> evaluate -> generate, then `dvc commit` so `dvc status` is clean.
 run: $(STAMP)
-	$(BIN)/genpipe prepare
-	$(BIN)/genpipe train --family vae
-	$(BIN)/genpipe evaluate --family vae
-	@echo "done: models/vae/checkpoint.pt, metrics/vae.json; browse runs with: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	$(BIN)/python -m flows.pipeline
+	@echo "browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+
+# The same pipeline through DVC (does nothing when `make run` already produced everything).
+repro: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -33,4 +37,4 @@ lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu$$/torch==\1/' > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache mlflow.db mlartifacts .ray_results data models metrics/*.json metrics/*.png
+	rm -rf $(VENV) .pytest_cache mlflow.db mlartifacts .ray_results data models generated metrics/*.json metrics/*.png
