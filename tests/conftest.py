@@ -23,6 +23,18 @@ TINY = {
 }
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run only where CUDA is available (never on CI)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 def write_params(folder: Path, tree: dict | None = None) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(tree if tree is not None else TINY, sort_keys=False))

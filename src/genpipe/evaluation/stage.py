@@ -41,7 +41,7 @@ def heldout_likelihood(model: torch.nn.Module, images: torch.Tensor, labels: tor
     total, kind, estimator = 0.0, None, None
     for i in range(0, len(images), batch_size):
         x = to_model_range(images[i : i + batch_size]).to(device)
-        ll = model.log_likelihood(x, None)
+        ll = model.log_likelihood(x, labels[i : i + batch_size].to(device))
         if ll is None:
             return None
         total += float(ll.nats.double().sum())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import defaultdict
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -99,6 +98,56 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
 
 
+class _Window:
+    """Loss sums over a logging window, kept on the device (no sync per step)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps, self.start = 0, time.perf_counter()
+
+    def add(self, values: dict[str, torch.Tensor], prefix: str) -> None:
+        for k, v in values.items():
+            v = v.detach().float()
+            self.sums[prefix + k] = self.sums[prefix + k] + v if prefix + k in self.sums else v
+
+    def flush(self, world: World, images_per_step: int) -> tuple[dict[str, float], float]:
+        """Means over the window and all ranks, and images per second; then reset."""
+        keys = sorted(self.sums)
+        local = torch.stack([self.sums[k] for k in keys]).double().cpu() / max(self.steps, 1)
+        means = dict(zip(keys, world.mean(local).tolist()))
+        ips = self.steps * images_per_step / max(time.perf_counter() - self.start, 1e-9)
+        self.__init__()
+        return means, ips
+
+
+def _phase_step(step_module: nn.Module, opt: torch.optim.Optimizer, params: list, x: torch.Tensor,
+                y: torch.Tensor, phase: str, cfg: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """One optimizer step of one phase; returns its losses and the pre-clip gradient norm."""
+    with _autocast(device, cfg.precision):
+        losses = step_module(x, y, phase)
+    opt.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    opt.step()
+    return {**losses, "grad_norm": grad_norm}
+
+
+def _checkpoint_state(step: int, cfg: TrainConfig, model: nn.Module, ema: nn.Module, optimizers: dict,
+                      rngs: list, meta: dict[str, Any], world_size: int) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "family": meta.get("family"),
+        "step": step,
+        "total_steps": cfg.steps,
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
+        "rng": rngs,
+        "config": meta.get("config", {}),
+        "meta": {k: v for k, v in meta.items() if k != "config"} | {"world_size": world_size},
+    }
+
+
 def train_loop(
     model: nn.Module,
     data: ImageSplit,
@@ -132,76 +181,40 @@ def train_loop(
             set_rng_state(resume["rng"][world.rank], device)
         step = int(resume["step"])
 
-    images, labels = data.images, data.labels
-    window: dict[str, float] = defaultdict(float)
-    window_steps, window_start, t0, last = 0, time.perf_counter(), time.perf_counter(), {}
-    first_step = step
+    images_per_step = cfg.batch_size * world.world_size
+    window, last, first_step, t0 = _Window(), {}, step, time.perf_counter()
     bar = world.progress(cfg.steps, step, meta.get("family", "train"))
-    sample_gen_seed = seed + 1_000_003  # fixed noise: grids at different steps are comparable
+    sample_seed = seed + 1_000_003  # the same noise at every step: grids are comparable
     while step < cfg.steps:
-        idx = batch_indices(len(images), cfg.batch_size, seed, step, world.rank, world.world_size)
-        x = to_model_range(images[idx]).to(device, non_blocking=True)  # (B, C, H, W) in [-1, 1]
-        y = labels[idx].to(device, non_blocking=True)  # (B,)
+        idx = batch_indices(len(data), cfg.batch_size, seed, step, world.rank, world.world_size)
+        x = to_model_range(data.images[idx]).to(device, non_blocking=True)  # (B, C, H, W) in [-1, 1]
+        y = data.labels[idx].to(device, non_blocking=True)  # (B,)
         factor = lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_min_ratio)
         for phase, opt in optimizers.items():
             for pg in opt.param_groups:
                 pg["lr"] = groups[phase].lr * factor
-            with _autocast(device, cfg.precision):
-                losses = step_module(x, y, phase)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            grad_norm = nn.utils.clip_grad_norm_(groups[phase].params, cfg.grad_clip)
-            opt.step()
-            prefix = "" if len(optimizers) == 1 else f"{phase}/"
-            for k, v in losses.items():
-                window[prefix + k] += float(v.detach())
-            window[prefix + "grad_norm"] += float(grad_norm)
+            losses = _phase_step(step_module, opt, groups[phase].params, x, y, phase, cfg, device)
+            window.add(losses, "" if len(optimizers) == 1 else f"{phase}/")
         ema.update_parameters(model)
         step += 1
-        window_steps += 1
+        window.steps += 1
+        bar.update(1)
+        final = step == cfg.steps
 
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            keys = sorted(window)
-            means = world.mean(torch.tensor([window[k] / window_steps for k in keys], dtype=torch.float64))
-            last = dict(zip(keys, means.tolist()))
-            elapsed = time.perf_counter() - window_start
-            ips = window_steps * cfg.batch_size * world.world_size / max(elapsed, 1e-9)
+        if step % cfg.log_every == 0 or final:
+            last, ips = window.flush(world, images_per_step)
             if logger is not None:
                 logger.log_metrics(step, {**last, "lr": groups[next(iter(groups))].lr * factor, "images_per_s": ips})
-            bar.set_postfix(loss=f"{last['loss' if 'loss' in last else keys[0]]:.4f}", img_s=f"{ips:.0f}")
-            window.clear()
-            window_steps, window_start = 0, time.perf_counter()
-        bar.update(1)
-
-        if logger is not None and (step % cfg.sample_every == 0 or step == cfg.steps):
+            bar.set_postfix(loss=f"{last.get('loss', next(iter(last.values()))):.4f}", img_s=f"{ips:.0f}")
+        if logger is not None and (step % cfg.sample_every == 0 or final):
             ema.module.eval()
-            imgs = ema.module.sample(SAMPLE_GRID, generator=torch.Generator().manual_seed(sample_gen_seed))
+            imgs = ema.module.sample(SAMPLE_GRID, generator=torch.Generator().manual_seed(sample_seed))
             ema.module.train()
             logger.log_samples(step, to_uint8(imgs.float().cpu()))
-
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or final:
             rngs = world.all_gather(rng_state(device))
-            state = None
-            if world.rank == 0:
-                state = {
-                    "format": FORMAT,
-                    "family": meta.get("family"),
-                    "step": step,
-                    "total_steps": cfg.steps,
-                    "model": model.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
-                    "rng": rngs,
-                    "config": meta.get("config", {}),
-                    "meta": {k: v for k, v in meta.items() if k != "config"} | {"world_size": world.world_size},
-                }
-            checkpointer.save(state, step, final=step == cfg.steps, metrics=last)
+            state = _checkpoint_state(step, cfg, model, ema, optimizers, rngs, meta, world.world_size) if world.rank == 0 else None
+            checkpointer.save(state, step, final=final, metrics=last)
     bar.close()
     seconds = time.perf_counter() - t0
-    done = step - first_step
-    return LoopResult(
-        step=step,
-        losses=last,
-        seconds=seconds,
-        images_per_second=done * cfg.batch_size * world.world_size / max(seconds, 1e-9),
-    )
+    return LoopResult(step, last, seconds, (step - first_step) * images_per_step / max(seconds, 1e-9))

@@ -103,7 +103,7 @@ def _resume_state(cfg: Config, family: str, out_dir: Path) -> dict[str, Any]:
     return state
 
 
-def _check_inputs(cfg: Config, family: str, card: dict) -> None:
+def _check_inputs(cfg: Config, card: dict) -> None:
     tc = cfg.train
     world = tc.num_workers if tc.runner == "ray" else 1
     if card["counts"]["train"] // world < tc.batch_size:
@@ -123,7 +123,7 @@ def train_family(
 
     get_family(family)
     card = read_card(cfg.paths.data)
-    _check_inputs(cfg, family, card)
+    _check_inputs(cfg, card)
     out_dir = family_dir(cfg.paths.models, family)
     resume_state = _resume_state(cfg, family, out_dir) if resume else None
     uri = tracking.tracking_uri()
