@@ -22,10 +22,10 @@ def test_prepare_train_evaluate(project):
         assert proc.returncode == 0, proc.stderr[-2000:]
         outputs[args[0]] = proc.stdout
     assert "trained vae: 20 steps" in outputs["train"]
-    assert json.loads(outputs["evaluate"])["likelihood"]["estimator"] == "elbo"
+    assert json.loads(outputs["evaluate"])["likelihood"]["estimator"] == "iwae-64"
     assert load_checkpoint(project / "models/vae/checkpoint.pt")["step"] == 20
     metrics = json.loads((project / "metrics/vae.json").read_text())
-    assert metrics["likelihood"]["bits_per_dim"] > 0 and (project / "metrics/vae-samples.png").exists()
+    assert metrics["likelihood"]["bits_per_dim"] > 0 and (project / "figures/vae/samples.png").exists()
 
 
 def test_evaluate_before_train_exits_2(project):

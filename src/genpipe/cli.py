@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--out", default=None, help="folder, file:///path or s3://bucket/prefix (default: generate.out/<family>)")
     g.add_argument("--seed", type=int, default=None, help="default: generate.seed")
     g.add_argument("--labels", default=None, help="conditional models: 7, 1,2,3 or balanced")
+    w = sub.add_parser("latents", parents=[common], help="interpolations (and traversals) in a family's latent space")
+    w.add_argument("--family", required=True)
+    w.add_argument("--seeds", type=int, nargs=2, default=(0, 1), metavar=("A", "B"), help="walk from seed A to seed B")
+    w.add_argument("--steps", type=int, default=10, help="frames per walk")
+    w.add_argument("--out", default=None, help="folder (default: reports/latents/<family>)")
     return p
 
 
@@ -66,6 +71,13 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         metrics = evaluate_family(cfg, args.family)
         print(json.dumps({k: metrics[k] for k in ("family", "likelihood", "samples_png")}, indent=2))
+    elif args.stage == "latents":
+        from pathlib import Path
+
+        from genpipe.generation.latents import latent_walks
+
+        paths = latent_walks(cfg, args.family, *args.seeds, args.steps, Path(args.out) if args.out else None)
+        print("wrote " + ", ".join(p.as_posix() for p in paths))
     elif args.stage == "generate":
         from genpipe.generation import generate_images
 

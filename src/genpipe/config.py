@@ -39,6 +39,7 @@ class PathsConfig(Section):
     data: Path = Path("data/prepared")  # Parquet shards + card.json
     models: Path = Path("models")  # models/<family>/checkpoint.pt
     metrics: Path = Path("metrics")  # metrics/<family>.json (DVC metrics)
+    figures: Path = Path("figures")  # figures/<family>/: samples, interpolations, traversals
 
 
 class DataConfig(Section):
@@ -109,6 +110,7 @@ class PipelineConfig(Section):
 class FamilyConfig(Section):
     """Fields every trainable family has: its optimizer."""
 
+    conditional: bool = False  # learn p(x | y) from the dataset labels; sample takes labels
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -127,12 +129,24 @@ class VAEConfig(FamilyConfig):
     latent_dim: int = Field(12, ge=1)  # size of z
     channels: tuple[int, ...] = Field((32, 64), min_length=1)  # conv widths, one per 2x downsample
     kl_weight: float = Field(1.0, gt=0.0)  # 1.0 is the ELBO; other values give a beta-VAE
+    iwae_samples: int = Field(64, ge=1)  # k of the importance-weighted bound used as its likelihood
+
+
+class GMMConfig(FamilyConfig):
+    """Gaussian mixture on pixels after PCA (the classical baseline), fitted by EM."""
+
+    components: int = Field(10, ge=1)  # mixture components (per class when conditional)
+    covariance: Literal["full", "diag"] = "full"
+    pca_components: int = Field(0, ge=0)  # K principal directions; 0 = no PCA (all pixels)
+    reg_covar: float = Field(1e-4, gt=0.0)  # added to covariance diagonals (stability)
+    max_iter: int = Field(200, ge=1)  # EM iterations
+    dequantization_samples: int = Field(4, ge=1)  # uniform-noise draws when evaluating log p
 
 
 class Config(Section):
     profile: str = "quick"  # name of the entry in `profiles` to apply
     seed: int = Field(0, ge=0)
-    families: tuple[Literal["vae"], ...] = Field(("vae",), min_length=1)  # trained by the pipeline
+    families: tuple[Literal["vae", "gmm"], ...] = Field(("vae",), min_length=1)  # trained by the pipeline
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -142,6 +156,7 @@ class Config(Section):
     storage: StorageConfig = StorageConfig()
     pipeline: PipelineConfig = PipelineConfig()
     vae: VAEConfig = VAEConfig()
+    gmm: GMMConfig = GMMConfig()
 
     def family(self, name: str) -> FamilyConfig:
         """The typed section of one family, e.g. ``cfg.family("vae")``."""

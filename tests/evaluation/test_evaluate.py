@@ -61,7 +61,7 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri):
     on_disk = json.loads((project / "metrics/vae.json").read_text())
     assert on_disk == metrics
     ll = metrics["likelihood"]
-    assert ll["kind"] == "lower_bound" and ll["estimator"] == "elbo"
+    assert ll["kind"] == "lower_bound" and ll["estimator"] == "iwae-64"
     assert ll["bits_per_dim"] == pytest.approx(ll["nll_nats"] / (64 * math.log(2)))
     assert 0.5 < ll["bits_per_dim"] < 8.0  # trained, if briefly: better than uniform
     assert metrics["num_images"] == json.loads((project / "data/prepared/card.json").read_text())["counts"]["test"]
@@ -69,12 +69,15 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri):
     assert metrics["mlflow_run_id"] == out.run_id and metrics["checkpoint_step"] == 40
     grid = Image.open(project / metrics["samples_png"])
     assert grid.size[0] > 4 * 8 * 4  # 16 samples, 4 per row, upscaled
+    assert metrics["figures"] == ["figures/vae/samples.png", "figures/vae/interpolation.png", "figures/vae/traversal.png"]
+    inter = Image.open(project / "figures/vae/interpolation.png")
+    assert inter.size == (4 * (10 * 10 + 2), 4 * (8 * 10 + 2))  # 8 rows of 10 frames, 8x8 images, pad 2
 
     client = MlflowClient(mlflow_uri)
     run = client.get_run(out.run_id)
     assert run.data.metrics["test_bits_per_dim"] == pytest.approx(ll["bits_per_dim"])
     assert {a.path for a in client.list_artifacts(out.run_id, "evaluation")} == {
-        "evaluation/vae.json", "evaluation/vae-samples.png"
+        "evaluation/vae.json", "evaluation/samples.png", "evaluation/interpolation.png", "evaluation/traversal.png"
     }
     # evaluation is reproducible: same checkpoint, same seed, same numbers
     assert evaluate_family(cfg, "vae")["likelihood"] == ll

@@ -55,10 +55,33 @@ def test_loss_is_negative_elbo_per_dimension():
     torch.manual_seed(5)
     losses = model.training_losses(x, None, "model")
     torch.manual_seed(5)
-    ll = model.log_likelihood(x)
-    assert ll.kind == "lower_bound" and ll.estimator == "elbo"
-    assert float(losses["loss"].detach()) == pytest.approx(float(-ll.nats.mean()) / 64, rel=1e-5)
-    assert float(losses["elbo_bpd"]) == pytest.approx(float(-ll.nats.mean()) / (64 * math.log(2)), rel=1e-5)
+    log_px_z, kl = model.elbo_terms(x, torch.randn(4, 4))
+    elbo = (log_px_z - kl).mean()
+    assert float(losses["loss"].detach()) == pytest.approx(float(-elbo) / 64, rel=1e-5)
+    assert float(losses["elbo_bpd"]) == pytest.approx(float(-elbo) / (64 * math.log(2)), rel=1e-5)
+
+
+def test_iwae_bound_tightens_with_k():
+    """IWAE-k >= ELBO in expectation, and grows with k (Burda et al. 2016, theorem 1)."""
+    x = torch.rand(16, 1, 8, 8).mul(255).round().div(127.5).sub(1)
+    means = {}
+    for k in (1, 8, 64):
+        model = vae(iwae_samples=k)
+        torch.manual_seed(1)
+        ll = model.log_likelihood(x)
+        assert ll.estimator == ("elbo" if k == 1 else f"iwae-{k}") and ll.kind == "lower_bound"
+        means[k] = float(ll.nats.mean())
+    assert means[1] < means[8] < means[64]
+
+
+def test_conditional_vae_uses_the_label():
+    model = vae(conditional=True)
+    z = torch.randn(2, 4)
+    a = model.decode_latents(z, torch.tensor([0, 0]))
+    b = model.decode_latents(z, torch.tensor([5, 5]))
+    assert not torch.allclose(a, b)
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    assert model.log_likelihood(x, torch.tensor([1, 2, 3])).nats.shape == (3,)
 
 
 def test_a_few_steps_learn_something():

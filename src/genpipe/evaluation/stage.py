@@ -1,7 +1,8 @@
 """The evaluate stage (minimal protocol): held-out likelihood and a sample grid.
 
-Writes ``metrics/<family>.json`` (a DVC metric) and ``metrics/<family>-samples.png``, and
-logs both to the family's training run in MLflow. Every number carries what produced it:
+Writes ``metrics/<family>.json`` (a DVC metric) and ``figures/<family>/`` (the sample grid;
+for families with a latent space also interpolations between seeds and, for flat latents,
+single-dimension traversals), and logs them to the family's training run in MLflow. Every number carries what produced it:
 dataset and checkpoint sha256, split and image count, estimator and whether it is a bound.
 """
 
@@ -19,7 +20,8 @@ from genpipe.config import Config
 from genpipe.data import load_split, read_card, to_model_range, to_uint8
 from genpipe.errors import InputError
 from genpipe.evaluation.grid import make_grid
-from genpipe.models import get_family
+from genpipe.models import get_family, sampling_options
+from genpipe.models.base import LatentModel
 from genpipe.storage import atomic_write_bytes, sha256_file
 from genpipe.training.checkpoint import FINAL, family_dir, load_model
 
@@ -37,7 +39,7 @@ def load_trained(cfg: Config, family: str, device: torch.device | str = "cpu") -
 @torch.no_grad()
 def heldout_likelihood(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict[str, Any] | None:
     """Mean -log p(x) over ``images`` (uint8) in nats/image and bits/dim, or None."""
-    device = next(model.parameters()).device
+    device = next(iter([*model.parameters(), *model.buffers()])).device
     total, kind, estimator = 0.0, None, None
     for i in range(0, len(images), batch_size):
         x = to_model_range(images[i : i + batch_size]).to(device)
@@ -60,17 +62,19 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
     test = load_split(cfg.paths.data, "test")
     torch.manual_seed(cfg.seed)  # the ELBO's posterior samples
     likelihood = heldout_likelihood(model, test.images, test.labels, cfg.evaluate.batch_size)
-    samples = model.sample(cfg.evaluate.grid_samples, generator=torch.Generator().manual_seed(cfg.seed))
+    options = sampling_options(cfg, family)
+    samples = model.sample(cfg.evaluate.grid_samples, generator=torch.Generator().manual_seed(cfg.seed), options=options)
     grid = make_grid(to_uint8(samples.float().cpu()))
 
-    metrics_dir = Path(cfg.paths.metrics)
-    grid_path = metrics_dir / f"{family}-samples.png"
+    metrics_dir, figures = Path(cfg.paths.metrics), Path(cfg.paths.figures) / family
+    grid_path = figures / "samples.png"
     metrics = {
         "family": family,
         "split": "test",
         "num_images": len(test),
         "likelihood": likelihood,
         "samples_png": grid_path.as_posix(),
+        "sampling": options.model_dump(mode="json") if options is not None else None,
         "seed": cfg.seed,
         "dataset_sha256": test.card["sha256"],
         "checkpoint_sha256": sha256_file(ckpt),
@@ -80,6 +84,12 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
     buf = io.BytesIO()
     grid.save(buf, format="PNG")
     atomic_write_bytes(grid_path, buf.getvalue())
+    figure_paths = [grid_path]
+    if isinstance(model, LatentModel):
+        from genpipe.generation.latents import write_latent_grids  # generation imports evaluation.grid
+
+        figure_paths += write_latent_grids(model, figures, cfg.seed, cfg.seed + 1, options=options)
+    metrics["figures"] = [p.as_posix() for p in figure_paths]
     atomic_write_bytes(metrics_dir / f"{family}.json", (json.dumps(metrics, indent=2) + "\n").encode())
 
     run_id = metrics["mlflow_run_id"]
@@ -93,5 +103,6 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
                 uri=uri,
             )
         tracking.log_artifact(run_id, metrics_dir / f"{family}.json", "evaluation", uri=uri)
-        tracking.log_artifact(run_id, grid_path, "evaluation", uri=uri)
+        for path in figure_paths:
+            tracking.log_artifact(run_id, path, "evaluation", uri=uri)
     return metrics

@@ -35,6 +35,7 @@ from PIL import Image
 from genpipe.config import Config, StorageConfig
 from genpipe.data import read_card, to_uint8
 from genpipe.errors import InputError
+from genpipe.models import sampling_options
 from genpipe.storage import sha256_file
 from genpipe.storage.objectstore import open_store, safe_key
 from genpipe.training.checkpoint import FINAL, family_dir, load_checkpoint, load_model
@@ -53,6 +54,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("image_sha256", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("job_id", pa.string()),
+        ("sampling", pa.string()),  # JSON of the family's sampling options (sampler, steps, ...), or null
     ]
 )
 
@@ -66,6 +68,7 @@ class GenerationJob:
     n: int
     batch_size: int
     labels: tuple[int, ...] | None  # one per image, or None (unconditional)
+    sampling: str | None = None  # JSON of the sampling options in force (they change the images)
 
     @property
     def job_id(self) -> str:
@@ -118,8 +121,9 @@ class BatchGenerator:
     """
 
     def __init__(self, checkpoint: str, shape: tuple[int, int, int], num_classes: int,
-                 out: str, storage: StorageConfig, job: GenerationJob, device: str = "cpu"):
+                 out: str, storage: StorageConfig, job: GenerationJob, options: Any = None, device: str = "cpu"):
         self.model, _ = load_model(checkpoint, shape, num_classes, device)
+        self.options = options
         self.store = open_store(out, storage)
         self.job = job
         self.pool = ThreadPoolExecutor(max_workers=8)  # uploads overlap; S3 latency dominates
@@ -130,7 +134,8 @@ class BatchGenerator:
         labels = torch.tensor(job.labels[start:stop]) if job.labels is not None else None
         gen = torch.Generator().manual_seed(job.seed * 1_000_003 + b)  # batch b depends on (seed, b) only
         with torch.no_grad():
-            images = to_uint8(self.model.sample(stop - start, labels=labels, generator=gen).float().cpu()).numpy()
+            images = self.model.sample(stop - start, labels=labels, generator=gen, options=self.options)
+            images = to_uint8(images.float().cpu()).numpy()
         pngs = [encode_png(img) for img in images]
         keys = [safe_key("images", job.job_id, f"{i:06d}.png") for i in range(start, stop)]
         uris = list(self.pool.map(lambda kv: self.store.put_bytes(kv[0], kv[1], "image/png"), zip(keys, pngs)))
@@ -149,6 +154,7 @@ class BatchGenerator:
                 "image_sha256": hashlib.sha256(png).hexdigest(),
                 "created_at": now,
                 "job_id": job.job_id,
+                "sampling": job.sampling,
             }
             for j, (uri, png) in enumerate(zip(uris, pngs))
         ]
@@ -248,9 +254,12 @@ def generate_images(
         store = open_store(out, cfg.storage)
         store.check()  # bucket, credentials, endpoint: fail before any image is generated
 
-        job = GenerationJob(family, state["meta"].get("mlflow_run_id"), sha256_file(ckpt), seed, n, gc.batch_size, label_list)
+        options = sampling_options(cfg, family)
+        sampling = json.dumps(options.model_dump(mode="json"), sort_keys=True) if options is not None else None
+        job = GenerationJob(family, state["meta"].get("mlflow_run_id"), sha256_file(ckpt), seed, n, gc.batch_size,
+                            label_list, sampling)
         kwargs = dict(checkpoint=str(ckpt.resolve()), shape=tuple(card["shape"]), num_classes=card["num_classes"],
-                      out=out, storage=cfg.storage, job=job)
+                      out=out, storage=cfg.storage, job=job, options=options)
         t0 = time.perf_counter()
         rows = _run_local(kwargs, job) if gc.runner == "local" else _run_ray(kwargs, job, gc.num_workers, gc.use_gpu)
     buf = io.BytesIO()

@@ -8,11 +8,12 @@ Adding a family: a module with its model and a ``FAMILY`` spec, its config secti
 from __future__ import annotations
 
 from genpipe.errors import InputError
-from genpipe.models import vae
+from genpipe.models import gmm, vae
 from genpipe.models.base import Family, GenerativeModel, ImageSpec, LogLikelihood, OptimizerGroup
 
 FAMILIES: dict[str, Family] = {
     "vae": vae.FAMILY,
+    "gmm": gmm.FAMILY,
 }
 
 
@@ -24,4 +25,10 @@ def get_family(name: str) -> Family:
         raise InputError(f"--family {name}: unknown family (known: {', '.join(FAMILIES)})") from None
 
 
-__all__ = ["FAMILIES", "Family", "GenerativeModel", "ImageSpec", "LogLikelihood", "OptimizerGroup", "get_family"]
+def sampling_options(cfg, family: str):
+    """The family's ``sampling`` section in today's params (None if it has none): sampling
+    settings are chosen at generation time, not fixed by the trained checkpoint."""
+    return getattr(cfg.family(family), "sampling", None)
+
+
+__all__ = ["FAMILIES", "Family", "GenerativeModel", "ImageSpec", "LogLikelihood", "OptimizerGroup", "get_family", "sampling_options"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -63,14 +63,46 @@ class GenerativeModel(Protocol):
         ...
 
     def sample(
-        self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        n: int,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        options: Any = None,
     ) -> torch.Tensor:
         """``n`` images (n, C, H, W) in [-1, 1]. Noise comes from ``generator`` on the CPU,
-        so a seed gives the same draws on any device."""
+        so a seed gives the same draws on any device. ``labels`` (n,) for a conditional
+        model (an unconditional one raises :class:`InputError` when given labels).
+        ``options`` is the family's ``sampling`` config section, chosen at generation time
+        (sampler, steps, temperature, guidance ...); None means the trained config's."""
         ...
 
     def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LogLikelihood | None:
         """log p(x) of 8-bit images ``x`` in [-1, 1], or None if the family has none."""
+        ...
+
+
+@runtime_checkable
+class LatentModel(Protocol):
+    """Optional: families with a latent space (VAE, GAN, flow) for interpolations."""
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` draws from the prior p(z), on the model's device (noise from the CPU generator)."""
+        ...
+
+    def decode_latents(self, z: torch.Tensor, labels: torch.Tensor | None = None, options: Any = None) -> torch.Tensor:
+        """Images in [-1, 1] for latents ``z`` (the deterministic map the samples go through)."""
+        ...
+
+
+@runtime_checkable
+class FittedModel(Protocol):
+    """Optional: families fitted in closed form or by EM rather than by gradient steps.
+
+    Their ``optimizer_groups()`` is empty; the train stage calls ``fit`` once instead of the loop.
+    """
+
+    def fit(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Fit to uint8 images (N, C, H, W) and labels (N,); returns numbers worth logging."""
         ...
 
 
@@ -82,13 +114,10 @@ class Family:
     config_type: type[FamilyConfig]
     build: Callable[[FamilyConfig, ImageSpec], nn.Module]
     summary: str
+    trainer: Literal["gradient", "fit"] = "gradient"  # "fit": a FittedModel, trained in-process by fit()
 
 
 def cpu_randn(shape: Iterable[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """Standard normal noise drawn on the CPU (device-independent for a seed), then moved."""
     return torch.randn(tuple(shape), generator=generator).to(device)
 
-
-def bits_per_dim(nats: torch.Tensor, num_dims: int) -> torch.Tensor:
-    """Convert -log p(x) in nats per image to bits per dimension: nats / (D ln 2)."""
-    return nats / (num_dims * torch.log(torch.tensor(2.0, dtype=nats.dtype)))

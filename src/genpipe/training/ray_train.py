@@ -69,7 +69,10 @@ class RayWorld:
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         if self.world_size == 1:
             return module.to(device)
-        return ray.train.torch.prepare_model(module, move_to_device=device)
+        # a GAN's phases each leave the other network's parameters without gradients
+        return ray.train.torch.prepare_model(
+            module, move_to_device=device, parallel_strategy_kwargs={"find_unused_parameters": True}
+        )
 
     def all_gather(self, obj: Any) -> list[Any]:
         if self.world_size == 1:

@@ -19,19 +19,21 @@ import torch
 from torch import nn
 
 from genpipe.config import Config
-from genpipe.data import load_split, read_card
+from genpipe.data import load_split, read_card, to_uint8
 from genpipe.errors import InputError
 from genpipe.models import ImageSpec, get_family
 from genpipe.training.checkpoint import (
     CONFIG,
     FINAL,
+    FORMAT,
     LAST,
     family_dir,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
     write_config_json,
 )
-from genpipe.training.loop import Checkpointer, LoopResult, TrainLogger, World, train_loop
+from genpipe.training.loop import SAMPLE_GRID, Checkpointer, LoopResult, TrainLogger, World, train_loop
 from genpipe.training.world import LocalWorld, pick_device
 
 # sections whose change makes a checkpoint belong to a different experiment
@@ -78,10 +80,35 @@ def fit(
     data = load_split(cfg.paths.data, "train")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     model = build_model(cfg, family, ImageSpec(data.shape, data.num_classes))
+    if not model.optimizer_groups():  # fitted by EM / in closed form, not by gradient steps
+        return fit_once(model, data, seed=cfg.seed, logger=logger, checkpointer=checkpointer, meta=meta)
     return train_loop(
         model, data, cfg.train, seed=cfg.seed, device=device, world=world,
         logger=logger, checkpointer=checkpointer, meta=meta, resume=resume,
     )
+
+
+def fit_once(
+    model: nn.Module, data, *, seed: int, logger: TrainLogger | None, checkpointer: Checkpointer, meta: dict[str, Any]
+) -> LoopResult:
+    """Train a :class:`FittedModel` (e.g. the Gaussian mixture): one ``fit``, one checkpoint."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    summary = model.fit(data.images, data.labels)
+    seconds = time.perf_counter() - t0
+    weights = model.state_dict()
+    state = {
+        "format": FORMAT, "family": meta.get("family"), "step": 1, "total_steps": 1,
+        "model": weights,
+        "ema": {**{f"module.{k}": v for k, v in weights.items()}, "n_averaged": torch.tensor(1)},
+        "optimizers": {}, "rng": [rng_state(torch.device("cpu"))],
+        "config": meta.get("config", {}), "meta": {k: v for k, v in meta.items() if k != "config"} | {"world_size": 1},
+    }
+    if logger is not None:
+        logger.log_metrics(1, {**summary, "fit_seconds": seconds})
+        logger.log_samples(1, to_uint8(model.sample(SAMPLE_GRID, generator=torch.Generator().manual_seed(seed + 1_000_003))))
+    checkpointer.save(state, 1, final=True, metrics=summary)
+    return LoopResult(1, summary, seconds, len(data) / max(seconds, 1e-9))
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
@@ -145,7 +172,7 @@ def train_family(
     t0 = time.perf_counter()
     ok = False
     try:
-        if cfg.train.runner == "local":
+        if cfg.train.runner == "local" or get_family(family).trainer == "fit":  # EM is not data-parallel
             if cfg.train.threads:
                 torch.set_num_threads(cfg.train.threads)
             result = fit(
@@ -177,9 +204,9 @@ def train_family(
 def _promote(out_dir: Path, cfg: Config, step: int) -> Path:
     """``last.pt`` of a finished run becomes ``checkpoint.pt``, with ``config.json`` beside it."""
     last, final = out_dir / LAST, out_dir / FINAL
-    state_step = load_checkpoint(last)["step"]
-    if state_step != cfg.train.steps or step != cfg.train.steps:
-        raise RuntimeError(f"{last}: holds step {state_step}, expected {cfg.train.steps}")
+    state = load_checkpoint(last)
+    if state["step"] != state["total_steps"] or step != state["total_steps"]:
+        raise RuntimeError(f"{last}: holds step {state['step']} of {state['total_steps']}, the run reported {step}")
     write_config_json(out_dir, cfg.to_dict())
     os.replace(last, final)
     return final

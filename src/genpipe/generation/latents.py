@@ -1,0 +1,95 @@
+"""Walks through a latent space: interpolations between seeds and single-dimension traversals.
+
+For families with a latent space (:class:`genpipe.models.base.LatentModel`: VAE, GAN, flow).
+Latents drawn from N(0, I) are interpolated spherically (slerp; White 2016, "Sampling
+Generative Networks", https://arxiv.org/abs/1609.04468): a straight line between two
+Gaussian draws passes through low-norm points the model rarely saw.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from genpipe.data import to_uint8
+from genpipe.evaluation.grid import make_grid
+from genpipe.models.base import LatentModel
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between latents ``a`` and ``b`` (same shape), per row."""
+    fa, fb = a.flatten(1), b.flatten(1)
+    cos = (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1)).clamp_min(1e-12)
+    omega = torch.arccos(cos.clamp(-1.0, 1.0))[:, None]  # (B, 1)
+    so = torch.sin(omega)
+    linear = (1 - t) * fa + t * fb
+    spherical = (torch.sin((1 - t) * omega) * fa + torch.sin(t * omega) * fb) / so.clamp_min(1e-12)
+    return torch.where(so.abs() < 1e-6, linear, spherical).view_as(a)
+
+
+@torch.no_grad()
+def interpolation_images(model: LatentModel, seed_a: int, seed_b: int, steps: int = 10, rows: int = 8,
+                         labels: torch.Tensor | None = None, options=None) -> torch.Tensor:
+    """Row r walks from the latent of seed ``seed_a + r`` to that of ``seed_b + r``:
+    uint8 images (rows * steps, C, H, W), row-major."""
+    za = torch.cat([model.sample_latents(1, torch.Generator().manual_seed(seed_a + r)) for r in range(rows)])
+    zb = torch.cat([model.sample_latents(1, torch.Generator().manual_seed(seed_b + r)) for r in range(rows)])
+    frames = [model.decode_latents(slerp(za, zb, t), labels, options) for t in torch.linspace(0, 1, steps).tolist()]
+    return to_uint8(torch.stack(frames, 1).flatten(0, 1).float().cpu())  # (rows, steps, ...) -> row-major
+
+
+@torch.no_grad()
+def traversal_images(model: LatentModel, seed: int, steps: int = 10, max_dims: int = 16, span: float = 3.0,
+                     labels: torch.Tensor | None = None, options=None) -> torch.Tensor | None:
+    """Row j sweeps latent dimension j over [-span, span] from one drawn latent, the others fixed;
+    None when the latent is not a flat vector (a flow's latent is image-shaped)."""
+    z0 = model.sample_latents(1, torch.Generator().manual_seed(seed))
+    if z0.dim() != 2:
+        return None
+    dims = min(z0.shape[1], max_dims)
+    z = z0.repeat(dims * steps, 1)  # (dims * steps, Z)
+    if labels is None and getattr(getattr(model, "cfg", None), "conditional", False):
+        labels = torch.zeros(dims * steps, dtype=torch.long)  # one class throughout: only z_j moves
+    values = torch.linspace(-span, span, steps, device=z.device)
+    for j in range(dims):
+        z[j * steps : (j + 1) * steps, j] = values
+    return to_uint8(model.decode_latents(z, labels, options).float().cpu())
+
+
+def write_latent_grids(model: LatentModel, folder: Path, seed_a: int = 0, seed_b: int = 1, steps: int = 10,
+                       options=None) -> list[Path]:
+    """interpolation.png (and traversal.png for flat latents) in ``folder``; the paths written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    inter = interpolation_images(model, seed_a, seed_b, steps, options=options)
+    make_grid(inter, nrow=steps).save(folder / "interpolation.png")
+    written.append(folder / "interpolation.png")
+    trav = traversal_images(model, seed_a, steps, options=options)
+    if trav is not None:
+        make_grid(trav, nrow=steps).save(folder / "traversal.png")
+        written.append(folder / "traversal.png")
+    return written
+
+
+__all__ = ["interpolation_images", "slerp", "traversal_images", "write_latent_grids"]
+
+
+def latent_walks(cfg, family: str, seed_a: int, seed_b: int, steps: int, out: Path | None = None) -> list[Path]:
+    """The ``genpipe latents`` stage: grids for a trained family, logged to its MLflow run."""
+    from genpipe import tracking
+    from genpipe.errors import InputError
+    from genpipe.evaluation.stage import load_trained
+    from genpipe.models import sampling_options
+
+    model, state = load_trained(cfg, family)
+    if not isinstance(model, LatentModel):
+        raise InputError(f"--family {family}: this family has no latent space (vae, gan and flow have)")
+    if steps < 2:
+        raise InputError(f"--steps {steps}: an interpolation needs at least 2 steps")
+    folder = out or Path("reports") / "latents" / family
+    written = write_latent_grids(model, folder, seed_a, seed_b, steps, sampling_options(cfg, family))
+    if run_id := state["meta"].get("mlflow_run_id"):
+        for path in written:
+            tracking.log_artifact(run_id, path, f"latents/seeds-{seed_a}-{seed_b}")
+    return written
