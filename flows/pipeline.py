@@ -35,6 +35,7 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
         trained = {f: train.submit(params, overrides, f, parent) for f in cfg.families}
         evaluated = {f: tasks.evaluate.submit(params, overrides, f, wait_for=[trained[f]]) for f in cfg.families}
         generated = {f: generate.submit(params, overrides, f, wait_for=[trained[f]]) for f in cfg.families}
+        outcomes = {f: fut.result() for f, fut in trained.items()}
         metrics = {f: fut.result() for f, fut in evaluated.items()}
         images = {f: fut.result() for f, fut in generated.items()}
         ok = True
@@ -50,6 +51,10 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
         "mlflow_parent_run_id": parent,
         "dataset": card,
         "metrics": {f: m["likelihood"] for f, m in metrics.items()},
+        "seconds": {
+            f: {"train": outcomes[f]["seconds"], "evaluate": metrics[f]["seconds"], "generate": images[f]["seconds"]}
+            for f in cfg.families
+        },
         "generated": {f: {k: g[k] for k in ("out", "manifest_uri", "num_images")} for f, g in images.items()},
         "dvc_recorded": recorded,
     }
@@ -62,7 +67,8 @@ def main() -> None:
     args = p.parse_args()
     result = pipeline(params=args.params, overrides=args.overrides or None)
     for family, m in result["metrics"].items():
-        print(f"{family}: test {m['estimator']} {m['bits_per_dim']:.3f} bits/dim; images -> {result['generated'][family]['out']}")
+        ll = f"test {m['estimator']} {m['bits_per_dim']:.3f} bits/dim" if m else "no likelihood"
+        print(f"{family}: {ll}; trained in {result['seconds'][family]['train']:.0f}s; images -> {result['generated'][family]['out']}")
     print(f"MLflow parent run {result['mlflow_parent_run_id']}; DVC recorded: {', '.join(result['dvc_recorded']) or 'nothing'}")
 
 

@@ -113,5 +113,5 @@ def test_console_script_exit_code(project):
     proc = subprocess.run([exe, "train", "--family", "vae", "-S", "vae.lr=abc"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.startswith("genpipe: error: params.yaml: vae.lr:"), proc.stderr
-    proc = subprocess.run([exe, "train", "--family", "gan"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "--family gan: unknown family" in proc.stderr
+    proc = subprocess.run([exe, "train", "--family", "vqvae"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--family vqvae: unknown family" in proc.stderr

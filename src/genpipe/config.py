@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, ValidationError, field_validator, model_validator
 
 from genpipe.errors import InputError
 
@@ -111,6 +111,8 @@ class FamilyConfig(Section):
     """Fields every trainable family has: its optimizer."""
 
     conditional: bool = False  # learn p(x | y) from the dataset labels; sample takes labels
+    steps: int | None = Field(None, ge=1)  # this family's optimizer steps; None = train.steps
+    batch_size: int | None = Field(None, ge=1)  # this family's batch per worker; None = train.batch_size
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -143,10 +145,69 @@ class GMMConfig(FamilyConfig):
     dequantization_samples: int = Field(4, ge=1)  # uniform-noise draws when evaluating log p
 
 
+class FlowSamplingConfig(Section):
+    """How the flow samples: the temperature of its Gaussian latents."""
+
+    temperature: float = Field(0.7, ge=0.0, le=2.0)  # eps scale; 0 = mean image path, 1 = the model's density
+
+
+class FlowConfig(FamilyConfig):
+    """Glow-style multi-scale flow (Kingma & Dhariwal 2018) trained by maximum likelihood."""
+
+    lr: float = Field(5e-3, gt=0.0, le=1.0)  # FamilyConfig has 1e-3; flows here train stably (clip 1.0) and faster at 5e-3
+    # one entry per scale (squeeze + that many steps + split); H and W must divide by 2**len
+    steps_per_level: tuple[PositiveInt, ...] = Field((4, 4, 4), min_length=1, max_length=8)
+    hidden: int = Field(64, ge=1)  # width of each coupling's conv net
+    coupling: Literal["affine", "additive"] = "affine"  # additive = NICE (volume preserving)
+    input_transform: Literal["logit", "identity"] = "logit"  # RealNVP's logit of the pixels, or none (Glow)
+    logit_alpha: float = Field(0.05, gt=0.0, lt=0.5)  # logit(alpha + (1 - 2 alpha) p) keeps the edges finite
+    eval_dequant_samples: int = Field(4, ge=1)  # uniform-noise draws per image in log_likelihood
+    sampling: FlowSamplingConfig = FlowSamplingConfig()
+
+
+class GANSamplingConfig(Section):
+    """How ``sample`` draws z."""
+
+    # None: z ~ N(0, I). t > 0: each z_i ~ N(0, 1) conditioned on |z_i| <= t, the law of
+    # BigGAN's truncation trick (redraw while |z_i| > t); smaller t trades diversity for fidelity.
+    truncation: float | None = Field(None, gt=0.0)
+
+
+class GANConfig(FamilyConfig):
+    """DCGAN (Radford et al. 2016) trained as a non-saturating, hinge or WGAN-GP game.
+
+    ``lr`` is the step size of both players; ``lr_g`` / ``lr_d`` override it for one of them
+    (two time-scale updates, Heusel et al. 2017). The loop's warm-up and cosine decay apply
+    to both. There is one D step per G step (the loop runs each phase once per batch).
+    """
+
+    lr: float = Field(2e-4, gt=0.0, le=1.0)  # Adam step size of both players unless lr_g / lr_d is set
+    betas: tuple[float, float] = (0.5, 0.999)  # DCGAN's; WGAN-GP's paper uses (0.0, 0.9)
+    lr_g: float | None = Field(None, gt=0.0, le=1.0)  # generator step size; None = lr
+    lr_d: float | None = Field(None, gt=0.0, le=1.0)  # discriminator step size; None = lr (TTUR: lr_d > lr_g)
+    latent_dim: int = Field(64, ge=1)  # size of z
+    g_width: int = Field(32, ge=1)  # G channels at half the image side, doubled at each coarser level
+    d_width: int = Field(32, ge=1)  # D channels after its first stride-2 conv, doubled at each level
+    loss: Literal["non_saturating", "hinge", "wgan_gp"] = "non_saturating"  # the game: gan_losses.D_LOSSES / G_LOSSES
+    # D's normalisation after its first layer; "none" without spectral_norm collapsed to one
+    # digit in a quick run, "layer" (GroupNorm(1)) is what WGAN-GP's paper suggests for its critic
+    d_norm: Literal["batch", "layer", "none"] = "batch"
+    spectral_norm: bool = False  # W / sigma(W) on every D layer (Miyato et al. 2018)
+    gp_weight: float = Field(10.0, ge=0.0)  # lambda of the gradient penalty (wgan_gp only)
+    sampling: GANSamplingConfig = GANSamplingConfig()
+
+    @model_validator(mode="after")
+    def _penalty_needs_per_image_critic(self) -> GANConfig:
+        if self.loss == "wgan_gp" and self.d_norm == "batch":
+            raise ValueError("d_norm batch does not go with loss wgan_gp (batch norm mixes the images "
+                             "of a batch, so the per-image gradient penalty is not the critic's); use layer or none")
+        return self
+
+
 class Config(Section):
     profile: str = "quick"  # name of the entry in `profiles` to apply
     seed: int = Field(0, ge=0)
-    families: tuple[Literal["vae", "gmm"], ...] = Field(("vae",), min_length=1)  # trained by the pipeline
+    families: tuple[Literal["vae", "gmm", "flow", "gan"], ...] = Field(("vae",), min_length=1)  # trained by the pipeline
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -157,6 +218,8 @@ class Config(Section):
     pipeline: PipelineConfig = PipelineConfig()
     vae: VAEConfig = VAEConfig()
     gmm: GMMConfig = GMMConfig()
+    gan: GANConfig = GANConfig()
+    flow: FlowConfig = FlowConfig()
 
     def family(self, name: str) -> FamilyConfig:
         """The typed section of one family, e.g. ``cfg.family("vae")``."""
@@ -164,6 +227,12 @@ class Config(Section):
         if not isinstance(section, FamilyConfig):
             raise InputError(f"unknown family {name!r} (known: {', '.join(FAMILY_NAMES)})")
         return section
+
+    def train_for(self, name: str) -> TrainConfig:
+        """``train`` with the family's own ``steps`` / ``batch_size`` where it sets them."""
+        fam = self.family(name)
+        own = {k: v for k, v in (("steps", fam.steps), ("batch_size", fam.batch_size)) if v is not None}
+        return self.train.model_copy(update=own)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready resolved config (what is saved beside checkpoints and logged)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
     """Evaluate the trained ``family`` on the test split; returns the metrics written."""
     from genpipe import tracking
 
+    t0 = time.perf_counter()
     model, state = load_trained(cfg, family)
     ckpt = family_dir(cfg.paths.models, family) / FINAL
     test = load_split(cfg.paths.data, "test")
@@ -90,6 +92,7 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
 
         figure_paths += write_latent_grids(model, figures, cfg.seed, cfg.seed + 1, options=options)
     metrics["figures"] = [p.as_posix() for p in figure_paths]
+    metrics["seconds"] = time.perf_counter() - t0
     atomic_write_bytes(metrics_dir / f"{family}.json", (json.dumps(metrics, indent=2) + "\n").encode())
 
     run_id = metrics["mlflow_run_id"]

@@ -8,12 +8,14 @@ Adding a family: a module with its model and a ``FAMILY`` spec, its config secti
 from __future__ import annotations
 
 from genpipe.errors import InputError
-from genpipe.models import gmm, vae
+from genpipe.models import flow, gan, gmm, vae
 from genpipe.models.base import Family, GenerativeModel, ImageSpec, LogLikelihood, OptimizerGroup
 
 FAMILIES: dict[str, Family] = {
     "vae": vae.FAMILY,
     "gmm": gmm.FAMILY,
+    "gan": gan.FAMILY,
+    "flow": flow.FAMILY,
 }
 
 

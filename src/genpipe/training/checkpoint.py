@@ -67,7 +67,10 @@ def load_model(path: Path | str, shape: tuple[int, int, int], num_classes: int, 
     family = state["family"]
     model = get_family(family).build(trained.family(family), ImageSpec(tuple(shape), num_classes))
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
-    model.load_state_dict(ema)
+    try:
+        model.load_state_dict(ema)
+    except RuntimeError:  # the family's architecture changed since this checkpoint was written
+        raise InputError(f"{path}: its weights do not fit today's {family} model; train it again") from None
     return model.to(device).eval(), state
 
 

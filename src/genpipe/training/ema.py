@@ -23,6 +23,11 @@ def make_ema(model: nn.Module, decay: float) -> AveragedModel:
     @torch.no_grad()
     def multi_avg_fn(ema_params: list[torch.Tensor], params: list[torch.Tensor], num_averaged) -> None:
         d = ema_decay_at(decay, int(num_averaged))
-        torch._foreach_lerp_(ema_params, params, 1.0 - d)
+        floats = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
+        if floats:
+            torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1.0 - d)
+        for e, p in zip(ema_params, params):  # integer buffers (BatchNorm's step counter) are copied
+            if not e.is_floating_point():
+                e.copy_(p)
 
     return AveragedModel(model, multi_avg_fn=multi_avg_fn, use_buffers=True)

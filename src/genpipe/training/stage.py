@@ -83,7 +83,7 @@ def fit(
     if not model.optimizer_groups():  # fitted by EM / in closed form, not by gradient steps
         return fit_once(model, data, seed=cfg.seed, logger=logger, checkpointer=checkpointer, meta=meta)
     return train_loop(
-        model, data, cfg.train, seed=cfg.seed, device=device, world=world,
+        model, data, cfg.train_for(family), seed=cfg.seed, device=device, world=world,
         logger=logger, checkpointer=checkpointer, meta=meta, resume=resume,
     )
 
@@ -130,12 +130,12 @@ def _resume_state(cfg: Config, family: str, out_dir: Path) -> dict[str, Any]:
     return state
 
 
-def _check_inputs(cfg: Config, card: dict) -> None:
-    tc = cfg.train
+def _check_inputs(cfg: Config, family: str, card: dict) -> None:
+    tc = cfg.train_for(family)
     world = tc.num_workers if tc.runner == "ray" else 1
     if card["counts"]["train"] // world < tc.batch_size:
         raise InputError(
-            f"train.batch_size: {tc.batch_size} per worker x {world} workers exceeds the "
+            f"train.batch_size (or {family}.batch_size): {tc.batch_size} per worker x {world} workers exceeds the "
             f"{card['counts']['train']} training images in {cfg.paths.data}"
         )
     if tc.runner == "local":
@@ -150,7 +150,7 @@ def train_family(
 
     get_family(family)
     card = read_card(cfg.paths.data)
-    _check_inputs(cfg, card)
+    _check_inputs(cfg, family, card)
     out_dir = family_dir(cfg.paths.models, family)
     resume_state = _resume_state(cfg, family, out_dir) if resume else None
     uri = tracking.tracking_uri()
