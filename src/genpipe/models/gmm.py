@@ -59,6 +59,13 @@ class GaussianMixtureModel(nn.Module):
 
     def fit(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         """EM on dequantised pixels (after PCA); returns the mean train log-likelihood."""
+        from threadpoolctl import threadpool_limits
+
+        # one BLAS thread: beside training families, spinning BLAS threads slowed EM ~100x
+        with threadpool_limits(limits=1):
+            return self._fit(images, labels)
+
+    def _fit(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         from sklearn.decomposition import PCA
         from sklearn.mixture import GaussianMixture
 

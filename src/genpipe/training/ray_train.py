@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +154,16 @@ def _worker(config: dict[str, Any]) -> None:
     )
 
 
+_INIT_LOCK = threading.Lock()  # the pipeline trains families in concurrent threads
+
+
 def ensure_ray() -> None:
-    """Connect to ``RAY_ADDRESS`` if set, else start (or reuse) a local cluster."""
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    """Connect to ``RAY_ADDRESS`` if set, else start (or reuse) a local cluster; thread-safe."""
+    # families queue for CPUs in the pipeline: waiting for workers is expected, not a failure
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3600")
+    with _INIT_LOCK:
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
 
 
 def train_with_ray(
