@@ -204,10 +204,36 @@ class GANConfig(FamilyConfig):
         return self
 
 
+class PixelCNNSamplingConfig(Section):
+    """How the sequential sampler draws each sub-pixel."""
+
+    temperature: float = Field(1.0, gt=0.0)  # softmax temperature: <1 sharper (cleaner, less varied), 1 = the model
+
+
+class PixelCNNConfig(FamilyConfig):
+    """Gated PixelCNN (van den Oord et al. 2016) with a 256-way softmax per sub-pixel."""
+
+    lr: float = Field(2e-2, gt=0.0, le=1.0)  # high, for a few hundred steps; ~1e-3 for long runs
+    hidden_channels: int = Field(16, ge=1)  # feature maps per stack (2x that before the gates)
+    num_layers: int = Field(5, ge=1)  # gated layers, the first of mask type A
+    first_kernel_size: int = Field(7, ge=3)  # kernel of the first (type A) layer, odd
+    kernel_size: int = Field(3, ge=3)  # kernel of the type-B layers, odd
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the horizontal stack's gated output
+    position_bias: Literal["rows_and_columns", "none"] = "rows_and_columns"  # learnt gate bias per row and column
+    sampling: PixelCNNSamplingConfig = PixelCNNSamplingConfig()
+
+    @field_validator("first_kernel_size", "kernel_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError("kernel sizes must be odd")
+        return v
+
+
 class Config(Section):
     profile: str = "quick"  # name of the entry in `profiles` to apply
     seed: int = Field(0, ge=0)
-    families: tuple[Literal["vae", "gmm", "flow", "gan"], ...] = Field(("vae",), min_length=1)  # trained by the pipeline
+    families: tuple[Literal["vae", "gmm", "flow", "gan", "pixelcnn"], ...] = Field(("vae",), min_length=1)  # trained by the pipeline
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -218,6 +244,7 @@ class Config(Section):
     pipeline: PipelineConfig = PipelineConfig()
     vae: VAEConfig = VAEConfig()
     gmm: GMMConfig = GMMConfig()
+    pixelcnn: PixelCNNConfig = PixelCNNConfig()
     gan: GANConfig = GANConfig()
     flow: FlowConfig = FlowConfig()
 

@@ -1,0 +1,196 @@
+"""The Gated PixelCNN's guarantees: causal masks without a blind spot, an exact likelihood,
+a sampler that follows the model's own conditionals, deterministic under a seed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from genpipe.errors import InputError
+from genpipe.models.base import ImageSpec
+from genpipe.models.nets.masked import channel_groups
+from genpipe.models.pixelcnn import (
+    PixelCNNConfig, PixelCNNSamplingConfig, build_pixelcnn, inverse_cdf_draw, to_levels,
+)
+
+
+def pixelcnn(shape=(1, 8, 8), perturb: bool = True, **cfg) -> torch.nn.Module:
+    """A tiny model; ``perturb`` moves every weight off its initialisation (zero-initialised
+    label embeddings included) so that a zero gradient is never an accident of init."""
+    torch.manual_seed(0)
+    model = build_pixelcnn(PixelCNNConfig(**{"hidden_channels": 12, "num_layers": 3, **cfg}), ImageSpec(shape, 10))
+    if perturb:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+def images(n: int, shape: tuple[int, int, int], seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, *shape), generator=g).float() / 127.5 - 1.0  # the 8-bit grid
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 5), (3, 4, 4)])
+def test_each_logit_depends_on_exactly_the_earlier_subpixels(shape):
+    """Exhaustive: d logits[c, i] / d x is nonzero exactly at pixels < i (raster order) and at
+    channels < c of pixel i. "Nonzero" shows there is no blind spot, "zero" that it is causal."""
+    c, h, w = shape
+    model = pixelcnn(shape, hidden_channels=24)
+    x = images(4, shape).requires_grad_(True)  # 4 images: a dead ReLU in one is not a missing edge
+    proj = torch.randn(256, generator=torch.Generator().manual_seed(2))
+    for i in range(h * w):
+        for ch in range(c):
+            out = model.logits(x, None)[:, ch, :, i // w, i % w]  # (4, 256)
+            (grad,) = torch.autograd.grad((out * proj).sum(), x)
+            depends = (grad != 0).any(0).view(c, h * w)  # (C, H*W)
+            allowed = torch.zeros(c, h * w, dtype=torch.bool)
+            allowed[:, :i] = True
+            allowed[:ch, i] = True
+            assert torch.equal(depends, allowed), f"pixel {i}, channel {ch}"
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_first_layer_type_a_mask_excludes_the_current_subpixel(c):
+    model = pixelcnn((c, 8, 8), perturb=False)
+    first, second = model.layers[0], model.layers[1]
+    assert (first.vertical.mask[:, :, -1, :] == 0).all()  # vertical stack: not even the current row
+    centre = first.horizontal.mask[:, :, 0, -1]  # (2n, C): what each gate reads at the current pixel
+    out_groups = channel_groups(12, c).repeat(2)
+    for o, g in enumerate(out_groups.tolist()):
+        assert centre[o].tolist() == [1.0 if k < g else 0.0 for k in range(c)]  # channels < g only
+    assert (centre == 0).all() == (c == 1)
+    assert (first.horizontal.mask[:, :, 0, :-1] == 1).all()  # the pixels to the left are all seen
+    # type B (later layers) reads its own group at the current pixel
+    hidden = channel_groups(12, c)
+    centre_b = second.horizontal.mask[:, :, 0, -1]
+    assert all(centre_b[o, k] == (1.0 if hidden[k] <= g else 0.0) for o, g in enumerate(out_groups) for k in range(12))
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 4, 4)])
+def test_all_zero_logits_give_exactly_8_bits_per_dim(shape):
+    model = pixelcnn(shape)
+    last = model.head[-1].conv
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.zero_()
+    x = images(5, shape)
+    ll = model.log_likelihood(x)
+    assert ll.kind == "exact" and ll.estimator == "autoregressive"
+    dims = math.prod(shape)
+    bpd = -ll.nats / (dims * math.log(2))
+    assert torch.allclose(bpd, torch.full_like(bpd, 8.0), rtol=0, atol=1e-5)
+    assert float(model.training_losses(x, None, "model")["bpd"]) == pytest.approx(8.0, abs=1e-5)
+
+
+def test_loss_is_the_per_dimension_negative_log_likelihood():
+    model = pixelcnn()
+    x = images(6, (1, 8, 8))
+    losses = model.training_losses(x, torch.zeros(6, dtype=torch.long), "model")
+    ll = model.log_likelihood(x)
+    loss = float(losses["loss"].detach())
+    assert loss == pytest.approx(float(-ll.nats.mean()) / 64, rel=1e-5)
+    assert float(losses["bpd"]) == pytest.approx(loss / math.log(2), rel=1e-6)
+    assert torch.equal(to_levels(x).float() / 127.5 - 1.0, x)  # levels round-trip the 8-bit grid
+
+
+def test_inverse_cdf_draw_golden_values_and_temperature():
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.7]])).expand(4, 3)
+    u = torch.tensor([0.05, 0.25, 0.31, 0.95])
+    assert inverse_cdf_draw(logits, u, 1.0).tolist() == [0, 1, 2, 2]
+    assert inverse_cdf_draw(logits, u, 0.01).tolist() == [2, 2, 2, 2]  # T -> 0: the mode
+    # T = 2: p proportional to sqrt(p): (0.195, 0.276, 0.529) -> CDF 0.195, 0.471
+    assert inverse_cdf_draw(logits, u, 2.0).tolist() == [0, 1, 1, 2]
+
+
+def test_the_samplers_row_by_row_pass_gives_the_full_networks_logits():
+    """The sampler runs the vertical stack once per row on the rows within ``reach`` above it,
+    then the horizontal stack on that row alone; both shortcuts must be exact."""
+    model = pixelcnn((1, 10, 6), first_kernel_size=3, kernel_size=3, num_layers=3)
+    assert model.reach == 3
+    x = images(2, (1, 10, 6))
+    full = model.logits(x, None)  # (2, 1, 256, 10, 6)
+    for i in range(10):
+        row = model.horizontal_logits(x[:, :, i : i + 1], model.row_links(x, i, None), None, i)
+        assert torch.allclose(row[:, :, :, 0], full[:, :, :, i], atol=1e-5), f"row {i}"
+    short = [link[:, :, -1:] for link in model.vertical_links(x[:, :, 10 - model.reach :], None, 10 - model.reach)]
+    row = model.horizontal_logits(x[:, :, 9:], short, None, 9)  # one row too few above: reach is tight
+    assert not torch.allclose(row[:, :, :, 0], full[:, :, :, 9], atol=1e-3)
+
+
+def test_sampling_is_deterministic_for_a_seed_and_follows_the_temperature():
+    model = pixelcnn((3, 4, 4))
+    g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
+    cold = PixelCNNSamplingConfig(temperature=0.7)
+    a, b = model.sample(6, generator=g(3), options=cold), model.sample(6, generator=g(3), options=cold)
+    assert a.shape == (6, 3, 4, 4) and torch.equal(a, b)
+    assert torch.equal(to_levels(a).float() / 127.5 - 1.0, a)  # samples lie on the 8-bit grid
+    assert not torch.equal(a, model.sample(6, generator=g(4), options=cold))
+    assert not torch.equal(a, model.sample(6, generator=g(3)))  # the config's T = 1 differs
+
+
+def test_colder_samples_are_more_likely_under_the_model():
+    model = pixelcnn((1, 6, 6))
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    cold = model.sample(32, generator=g(), options=PixelCNNSamplingConfig(temperature=0.3))
+    warm = model.sample(32, generator=g(), options=PixelCNNSamplingConfig(temperature=1.0))
+    assert model.log_likelihood(cold).nats.mean() > model.log_likelihood(warm).nats.mean()
+
+
+def test_conditional_logits_change_with_the_label():
+    model = pixelcnn(conditional=True)
+    x = images(2, (1, 8, 8))
+    three = model.logits(x, torch.tensor([3, 3]))
+    seven = model.logits(x, torch.tensor([7, 7]))
+    assert not torch.allclose(three, seven, atol=1e-3)
+    assert torch.equal(three, model.logits(x, torch.tensor([3, 3])))
+    # p(x) without labels: the exact marginal under a uniform class prior
+    assert model.log_likelihood(x, torch.tensor([3, 3])).estimator == "autoregressive-given-label"
+    per_class = torch.stack([model.log_likelihood(x, torch.full((2,), y)).nats for y in range(10)])
+    marginal = model.log_likelihood(x)
+    assert marginal.kind == "exact"
+    assert torch.allclose(marginal.nats, torch.logsumexp(per_class, 0) - math.log(10), atol=1e-4)
+
+
+def test_conditional_sampling_uses_the_labels():
+    model = pixelcnn((1, 4, 4), conditional=True)
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    balanced = model.sample(10, generator=g())  # labels None: i % 10
+    assert torch.equal(balanced, model.sample(10, labels=torch.arange(10), generator=g()))
+    assert not torch.equal(balanced, model.sample(10, labels=torch.full((10,), 3), generator=g()))
+    with pytest.raises(InputError, match="labels"):
+        model.sample(2, labels=torch.tensor([1, 10]))
+
+
+def test_unconditional_model_refuses_labels_but_ignores_them_in_training():
+    model = pixelcnn()
+    with pytest.raises(InputError, match="unconditional"):
+        model.sample(2, labels=torch.tensor([1, 2]))
+    x = images(3, (1, 8, 8))
+    a = model.training_losses(x, torch.tensor([0, 1, 2]), "model")["loss"].detach()
+    ll = model.log_likelihood(x, torch.tensor([5, 5, 5]))  # labels ignored
+    assert float(a) == pytest.approx(float(-ll.nats.mean()) / 64, rel=1e-5)
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValidationError, match="odd"):
+        PixelCNNConfig(kernel_size=4)
+    with pytest.raises(InputError, match="pixelcnn.hidden_channels"):
+        build_pixelcnn(PixelCNNConfig(hidden_channels=2), ImageSpec((3, 8, 8), 10))
+
+
+def test_a_few_steps_learn_something():
+    model = pixelcnn(perturb=False).train()
+    x = (images(32, (1, 8, 8)) > 0.4).float() * 2 - 1  # sparse binary images: two levels used
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    first = None
+    for _ in range(40):
+        loss = model.training_losses(x, None, "model")["loss"]
+        first = first if first is not None else float(loss.detach())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss.detach()) < 0.5 * first
