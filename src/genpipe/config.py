@@ -230,10 +230,44 @@ class PixelCNNConfig(FamilyConfig):
         return v
 
 
+class DiffusionSamplingConfig(Section):
+    """How to sample a trained diffusion model; chosen at generation time."""
+
+    sampler: Literal["ddpm", "ddim", "dpm_solver++"] = "ddim"  # ddpm always runs all T steps
+    steps: int = Field(50, ge=1)  # network evaluations of ddim / dpm_solver++ (<= timesteps)
+    eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim noise: 0 deterministic, 1 DDPM-like
+    spacing: Literal["uniform", "quadratic"] = "uniform"  # how ddim / dpm_solver++ pick timesteps
+    guidance_scale: float = Field(1.0, ge=0.0)  # classifier-free guidance; 1.0 = off (conditional only)
+    clip_denoised: Literal["static", "none"] = "static"  # clamp each x0 prediction to [-1, 1]
+
+
+class DiffusionConfig(FamilyConfig):
+    """DDPM with a small U-Net; the quick profile is these defaults."""
+
+    lr: float = Field(2e-3, gt=0.0, le=1.0)
+    timesteps: int = Field(1000, ge=2)  # T of the forward process
+    schedule: Literal["linear", "cosine"] = "cosine"  # beta schedule
+    prediction: Literal["epsilon", "v"] = "v"  # what the network regresses (v: cleaner samples early on)
+    loss_weighting: Literal["uniform", "min_snr"] = "min_snr"  # min_snr: Hang et al. 2023, gamma = 5
+    channels: int = Field(16, ge=8)  # base width of the U-Net
+    channel_mults: tuple[int, ...] = Field((1, 2, 2), min_length=1)  # width per level; 2x down between
+    num_res_blocks: int = Field(1, ge=1)  # ResBlocks per level (down path)
+    attention_levels: tuple[int, ...] = (2,)  # levels (indices into channel_mults) with self-attention
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    p_uncond: float = Field(0.1, ge=0.0, le=1.0)  # label dropout for classifier-free guidance
+    sampling: DiffusionSamplingConfig = DiffusionSamplingConfig()
+
+    @model_validator(mode="after")
+    def _steps_within_timesteps(self) -> DiffusionConfig:
+        if self.sampling.sampler != "ddpm" and self.sampling.steps > self.timesteps:
+            raise ValueError(f"sampling.steps={self.sampling.steps} exceeds timesteps={self.timesteps}")
+        return self
+
+
 class Config(Section):
     profile: str = "quick"  # name of the entry in `profiles` to apply
     seed: int = Field(0, ge=0)
-    families: tuple[Literal["vae", "gmm", "flow", "gan", "pixelcnn"], ...] = Field(("vae",), min_length=1)  # trained by the pipeline
+    families: tuple[Literal["vae", "gmm", "flow", "gan", "pixelcnn", "diffusion"], ...] = Field(("vae",), min_length=1)  # trained by the pipeline
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -244,6 +278,7 @@ class Config(Section):
     pipeline: PipelineConfig = PipelineConfig()
     vae: VAEConfig = VAEConfig()
     gmm: GMMConfig = GMMConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
     pixelcnn: PixelCNNConfig = PixelCNNConfig()
     gan: GANConfig = GANConfig()
     flow: FlowConfig = FlowConfig()

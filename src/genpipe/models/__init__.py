@@ -8,7 +8,7 @@ Adding a family: a module with its model and a ``FAMILY`` spec, its config secti
 from __future__ import annotations
 
 from genpipe.errors import InputError
-from genpipe.models import flow, gan, gmm, pixelcnn, vae
+from genpipe.models import diffusion, flow, gan, gmm, pixelcnn, vae
 from genpipe.models.base import Family, GenerativeModel, ImageSpec, LogLikelihood, OptimizerGroup
 
 FAMILIES: dict[str, Family] = {
@@ -17,6 +17,7 @@ FAMILIES: dict[str, Family] = {
     "gan": gan.FAMILY,
     "flow": flow.FAMILY,
     "pixelcnn": pixelcnn.FAMILY,
+    "diffusion": diffusion.FAMILY,
 }
 
 

@@ -1,0 +1,253 @@
+"""Denoising diffusion probabilistic models (DDPM), sampled with DDPM, DDIM or DPM-Solver++.
+
+Ho, Jain & Abbeel 2020, "Denoising Diffusion Probabilistic Models", https://arxiv.org/abs/2006.11239
+
+The forward process adds Gaussian noise in T steps, q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1},
+beta_t I) (eq. 2), so that in closed form (eq. 4), with alpha_bar_t = prod_{s<=t} (1 - beta_s),
+
+    q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I).
+
+A U-Net learns to undo it. Training is the simplified objective (eq. 14)
+
+    L_simple = E_{t, x_0, eps} || eps - eps_theta(sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps, t) ||^2,
+
+or, with ``prediction="v"`` (Salimans & Ho 2022, https://arxiv.org/abs/2202.00512, sec. 4),
+the same regression onto v = sqrt(abar_t) eps - sqrt(1 - abar_t) x_0, optionally weighted
+per timestep by min-SNR (Hang et al. 2023, https://arxiv.org/abs/2303.09556). Noise schedules: the
+linear betas of Ho et al. and the cosine alpha-bar of Nichol & Dhariwal 2021
+(https://arxiv.org/abs/2102.09672, eq. 17). Conditional models drop the label with
+probability ``p_uncond`` so that one network also learns p(x), which classifier-free
+guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598, eq. 6) combines at sampling.
+
+The process (:class:`GaussianDiffusion`) is a plain object that takes the network as an
+argument (improved-diffusion style); the samplers live in :mod:`genpipe.samplers`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import nn
+
+from genpipe.config import DiffusionSamplingConfig, DiffusionConfig
+from genpipe.errors import InputError
+from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup, cpu_randn
+from genpipe.models.nets.unet import UNet
+from genpipe.samplers import EpsFn, run_sampler
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+def linear_alphas_cumprod(timesteps: int) -> torch.Tensor:
+    """alpha-bar (T,) float64 of Ho et al.'s betas, linear from 1e-4 to 0.02 (sec. 4),
+    scaled by 1000 / T so that any T covers the same noise levels."""
+    scale = 1000.0 / timesteps
+    betas = torch.linspace(scale * 1e-4, scale * 0.02, timesteps, dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def cosine_alphas_cumprod(timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """alpha-bar (T,) float64 of the cosine schedule (Nichol & Dhariwal 2021, eq. 17):
+    abar(t) = f(t) / f(0), f(t) = cos((t / T + s) / (1 + s) * pi / 2)^2, betas clipped at 0.999."""
+    f = lambda u: math.cos((u + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
+    betas = [min(1.0 - f((i + 1) / timesteps) / f(i / timesteps), max_beta) for i in range(timesteps)]
+    return torch.cumprod(1.0 - torch.tensor(betas, dtype=torch.float64), dim=0)
+
+
+SCHEDULES = {"linear": linear_alphas_cumprod, "cosine": cosine_alphas_cumprod}
+
+
+# ----------------------------------------------------------------------------- parameterisations
+
+
+def v_from_eps(x0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """v = sqrt(abar) eps - sqrt(1 - abar) x0   (Salimans & Ho 2022, sec. 4)."""
+    return abar.sqrt() * eps - (1 - abar).sqrt() * x0
+
+
+def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """eps = sqrt(1 - abar) x_t + sqrt(abar) v (rotating (x0, eps) by the angle phi_t)."""
+    return (1 - abar).sqrt() * x_t + abar.sqrt() * v
+
+
+def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)   (eq. 4 solved for x0)."""
+    return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
+
+
+def min_snr_weight(abar: torch.Tensor, prediction: Literal["epsilon", "v"], gamma: float = 5.0) -> torch.Tensor:
+    """Per-timestep weight of the MSE so that the loss is min(SNR, gamma) ||x0 - x0_hat||^2.
+
+    Hang et al. 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy",
+    https://arxiv.org/abs/2303.09556 (eq. 7): with SNR = abar / (1 - abar),
+    ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1) ||x0 - x0_hat||^2.
+    """
+    snr = abar / (1 - abar)
+    return snr.clamp(max=gamma) / (snr if prediction == "epsilon" else snr + 1)
+
+
+def guided_epsilon(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """eps_uncond + scale (eps_cond - eps_uncond); Ho & Salimans 2022 eq. 6 with scale = 1 + w."""
+    return eps_uncond + scale * (eps_cond - eps_uncond)
+
+
+def static_clip_epsilon(x_t: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """The eps whose x0 prediction is clamped to [-1, 1] (improved-diffusion's ``clip_denoised``)."""
+    x0 = x0_from_eps(x_t, eps, abar).clamp(-1.0, 1.0)
+    return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+
+
+class GaussianDiffusion:
+    """The forward process q and the training objective; the network is passed in.
+
+    Args:
+        alphas_cumprod: (T,) float64 alpha-bar, decreasing from ~1 to ~0.
+        prediction: what the network outputs, "epsilon" or "v".
+        weighting: "uniform" (L_simple) or "min_snr" (:func:`min_snr_weight`).
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor, prediction: Literal["epsilon", "v"] = "epsilon",
+                 weighting: Literal["uniform", "min_snr"] = "uniform"):
+        self.alphas_cumprod = alphas_cumprod.to(torch.float64)
+        self.prediction, self.weighting = prediction, weighting
+        self.num_timesteps = len(alphas_cumprod)
+
+    def abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """alpha-bar at timesteps t (B,), shaped (B, 1, ..., 1) to broadcast against ``like``."""
+        a = self.alphas_cumprod.to(t.device)[t].to(like.dtype)
+        return a.view(-1, *([1] * (like.dim() - 1)))
+
+    def betas(self) -> torch.Tensor:
+        """beta_t = 1 - abar_t / abar_{t-1} (T,) float64, with abar_{-1} = 1."""
+        prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod[:-1]])
+        return 1.0 - self.alphas_cumprod / prev
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Sample q(x_t | x_0) (eq. 4): sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
+        a = self.abar(t, x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def q_step(self, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """One forward step q(x_t | x_{t-1}) (eq. 2): sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) noise."""
+        b = self.betas().to(t.device)[t].to(x_prev.dtype).view(-1, *([1] * (x_prev.dim() - 1)))
+        return (1 - b).sqrt() * x_prev + b.sqrt() * noise
+
+    def eps_from_output(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network output (B, C, H, W) as an epsilon prediction."""
+        out = out.float()
+        return out if self.prediction == "epsilon" else eps_from_v(x_t, out, self.abar(t, x_t))
+
+    def training_losses(self, net: nn.Module, x0: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
+                        noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per image (B,): "mse" of L_simple (eq. 14) or of the v regression, and the weighted "loss".
+
+        Args: x0 (B, C, H, W) in [-1, 1]; t (B,) long; labels (B,) or None (unconditional).
+        """
+        noise = torch.randn_like(x0) if noise is None else noise
+        x_t = self.q_sample(x0, t, noise)
+        ab = self.abar(t, x0)
+        target = noise if self.prediction == "epsilon" else v_from_eps(x0, noise, ab)
+        mse = (net(x_t, t, labels).float() - target).pow(2).flatten(1).mean(1)  # (B,)
+        weight = 1.0 if self.weighting == "uniform" else min_snr_weight(ab.flatten(), self.prediction)
+        return {"mse": mse, "loss": weight * mse}
+
+
+# ----------------------------------------------------------------------------- the family
+
+
+class Diffusion(nn.Module):
+    """A U-Net trained as a DDPM denoiser, with the family interface."""
+
+    def __init__(self, cfg: DiffusionConfig, spec: ImageSpec):
+        super().__init__()
+        c, h, w = spec.shape
+        levels = len(cfg.channel_mults)
+        if h % 2 ** (levels - 1) or w % 2 ** (levels - 1):
+            raise InputError(f"diffusion.channel_mults: {levels - 1} downsamplings do not divide {h}x{w} images")
+        if any(not 0 <= i < levels for i in cfg.attention_levels):
+            raise InputError(
+                f"diffusion.attention_levels: {list(cfg.attention_levels)} must index channel_mults (0..{levels - 1})"
+            )
+        self.cfg, self.spec = cfg, spec
+        self.net = UNet(c, cfg.channels, cfg.channel_mults, cfg.num_res_blocks, cfg.attention_levels,
+                        cfg.dropout, spec.num_classes if cfg.conditional else 0)
+        self.process = GaussianDiffusion(SCHEDULES[cfg.schedule](cfg.timesteps), cfg.prediction, cfg.loss_weighting)
+
+    def optimizer_groups(self) -> dict[str, OptimizerGroup]:
+        c = self.cfg
+        return {"model": OptimizerGroup(list(self.parameters()), c.lr, c.betas, c.weight_decay)}
+
+    def training_losses(self, x: torch.Tensor, labels: torch.Tensor | None, phase: str) -> dict[str, torch.Tensor]:
+        b = x.shape[0]
+        t = torch.randint(0, self.process.num_timesteps, (b,), device=x.device)
+        y = None
+        if self.cfg.conditional:  # drop labels to the null class so the net also learns p(x)
+            drop = torch.rand(b, device=x.device) < self.cfg.p_uncond
+            y = torch.where(drop, torch.full_like(labels, self.spec.num_classes), labels)
+        terms = self.process.training_losses(self.net, x, t, y)  # each (B,)
+        return {"loss": terms["loss"].mean(), "mse": terms["mse"].mean().detach()}
+
+    def eps_fn(self, labels: torch.Tensor | None, options: DiffusionSamplingConfig) -> EpsFn:
+        """The network as an epsilon predictor, guided (CFG) and clipped as ``options`` say."""
+        null = None if labels is None else torch.full_like(labels, self.spec.num_classes)
+
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if labels is None or options.guidance_scale == 1.0:
+                e = self.process.eps_from_output(self.net(x, t, labels), x, t)
+            else:  # one batched pass: conditional and null-class halves
+                x2, t2 = torch.cat([x, x]), torch.cat([t, t])
+                e_c, e_u = self.process.eps_from_output(self.net(x2, t2, torch.cat([labels, null])), x2, t2).chunk(2)
+                e = guided_epsilon(e_c, e_u, options.guidance_scale)
+            return static_clip_epsilon(x, e, self.process.abar(t, x)) if options.clip_denoised == "static" else e
+
+        return eps
+
+    def _check(self, n: int, labels: torch.Tensor | None, o: DiffusionSamplingConfig) -> torch.Tensor | None:
+        """Validated labels (n,) on the model's device, or None for an unconditional model."""
+        if not isinstance(o, DiffusionSamplingConfig):
+            raise InputError(f"options: expected DiffusionSamplingConfig, got {type(o).__name__}")
+        if o.sampler != "ddpm" and o.steps > self.process.num_timesteps:
+            raise InputError(
+                f"diffusion.sampling.steps: {o.steps} exceeds diffusion.timesteps={self.process.num_timesteps}"
+            )
+        if not self.cfg.conditional:
+            if labels is not None:
+                raise InputError("labels: this diffusion model is unconditional; sample without labels")
+            if o.guidance_scale != 1.0:
+                raise InputError("diffusion.sampling.guidance_scale: guidance needs a conditional model; use 1.0")
+            return None
+        if o.guidance_scale != 1.0 and self.cfg.p_uncond == 0.0:
+            raise InputError("diffusion.sampling.guidance_scale: the model never saw the null class (p_uncond=0)")
+        labels = torch.arange(n) % self.spec.num_classes if labels is None else labels
+        if labels.shape != (n,) or (n and (labels.min() < 0 or labels.max() >= self.spec.num_classes)):
+            raise InputError(f"labels: expected ({n},) class indices in [0, {self.spec.num_classes})")
+        return labels.long().to(next(self.parameters()).device)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               options: DiffusionSamplingConfig | None = None) -> torch.Tensor:
+        o = self.cfg.sampling if options is None else options
+        labels = self._check(n, labels, o)
+        x_T = cpu_randn((n, *self.spec.shape), generator, next(self.parameters()).device)
+        x0 = run_sampler(o.sampler, self.eps_fn(labels, o), x_T, self.process.alphas_cumprod,
+                         steps=o.steps, spacing=o.spacing, eta=o.eta, generator=generator)
+        return x0.clamp(-1.0, 1.0)
+
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LogLikelihood | None:
+        """None for now: the variational bound (Ho et al. eq. 5) comes with the evaluation issue."""
+        return None
+
+
+def build_diffusion(cfg: DiffusionConfig, spec: ImageSpec) -> Diffusion:
+    return Diffusion(cfg, spec)
+
+
+FAMILY = Family(
+    name="diffusion",
+    config_type=DiffusionConfig,
+    build=build_diffusion,
+    summary="DDPM with a small U-Net (epsilon or v); samplers: ddpm, ddim, dpm_solver++; likelihood: none yet",
+)

@@ -1,0 +1,59 @@
+"""What every sampler shares: the network interface, timestep sequences and noise.
+
+Timesteps are discrete indices ``t`` in ``0 .. T-1`` into ``alphas_cumprod`` (alpha-bar,
+float64, (T,)), with x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps. A sampler
+starts from x_T ~ N(0, I) placed at ``t = T-1`` and ends at the clean image, whose
+alpha-bar is 1 (index -1 below, DDIM's "alpha_0 := 1").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""The network as samplers see it: ``eps_fn(x_t (B, C, H, W), t (B,) long) -> eps (B, C, H, W)``."""
+
+Spacing = Literal["uniform", "quadratic"]
+
+
+def timestep_sequence(num_timesteps: int, steps: int, spacing: Spacing) -> list[int]:
+    """``steps`` distinct timesteps from ``T - 1`` down to 0, one network evaluation each.
+
+    uniform:   t_i = round((T - 1) * i / (S - 1))
+    quadratic: t_i = round((T - 1) * (i / (S - 1))^2), denser near the data (Song et al.
+               2021, DDIM, appendix D.2), bumped to stay strictly increasing.
+    """
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps={steps} must be in [1, {num_timesteps}]")
+    if steps == 1:
+        return [num_timesteps - 1]
+    frac = [i / (steps - 1) for i in range(steps)]
+    ts = [round((num_timesteps - 1) * (f if spacing == "uniform" else f * f)) for f in frac]
+    for i in range(1, steps):
+        ts[i] = max(ts[i], ts[i - 1] + 1)
+    return ts[::-1]
+
+
+def alpha_bar(alphas_cumprod: torch.Tensor, t: int) -> float:
+    """alpha-bar at index ``t`` as a Python float; ``t = -1`` is the clean image (1.0)."""
+    return 1.0 if t < 0 else float(alphas_cumprod[t])
+
+
+def call_eps(eps_fn: EpsFn, x: torch.Tensor, t: int) -> torch.Tensor:
+    """eps_fn at the same timestep ``t`` for the whole batch, as float32."""
+    tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    return eps_fn(x, tt).float()
+
+
+def predict_x0(x: torch.Tensor, eps: torch.Tensor, abar: float) -> torch.Tensor:
+    """x_0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)   (Ho et al. 2020, eq. 4 solved for x_0)."""
+    return (x - math.sqrt(1.0 - abar) * eps) / math.sqrt(abar)
+
+
+def cpu_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """N(0, I) shaped like ``like``, drawn on the CPU from ``generator``, moved to its device."""
+    return torch.randn(like.shape, generator=generator).to(device=like.device, dtype=like.dtype)

@@ -1,0 +1,229 @@
+"""The diffusion family's math: schedules, the forward process, parameterisations, guidance."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from genpipe.errors import InputError
+from genpipe.models.base import ImageSpec
+from genpipe.models.diffusion import (
+    DiffusionConfig,
+    DiffusionSamplingConfig,
+    GaussianDiffusion,
+    build_diffusion,
+    cosine_alphas_cumprod,
+    eps_from_v,
+    guided_epsilon,
+    linear_alphas_cumprod,
+    min_snr_weight,
+    static_clip_epsilon,
+    v_from_eps,
+    x0_from_eps,
+)
+
+SPEC = ImageSpec((1, 8, 8), 10)
+TINY = dict(channels=8, channel_mults=(1, 2), attention_levels=(1,), timesteps=20,
+            sampling=DiffusionSamplingConfig(steps=5))
+
+
+def model(**cfg):
+    torch.manual_seed(0)
+    return build_diffusion(DiffusionConfig(**{**TINY, **cfg}), SPEC)
+
+
+@pytest.mark.parametrize("schedule", [linear_alphas_cumprod, cosine_alphas_cumprod])
+@pytest.mark.parametrize("timesteps", [50, 1000])
+def test_alpha_bar_decreases_from_one_to_near_zero(schedule, timesteps):
+    abar = schedule(timesteps)
+    assert abar.shape == (timesteps,) and abar.dtype == torch.float64
+    assert (abar[1:] < abar[:-1]).all() and (abar > 0).all()
+    assert abar[0] > 0.99 and abar[-1] < 1e-4
+
+
+def test_schedule_golden_values():
+    lin = linear_alphas_cumprod(1000)
+    assert float(lin[0]) == pytest.approx(1 - 1e-4, rel=1e-12)  # beta_1 = 1e-4 (Ho et al. sec. 4)
+    assert float(lin[-1]) == pytest.approx(4.0358e-5, rel=1e-3)
+    cos = cosine_alphas_cumprod(1000)
+    f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    assert float(cos[499]) == pytest.approx(f(0.5) / f(0.0), rel=1e-9)  # abar(t) = f(t) / f(0), eq. 17
+    assert float(cos[-1]) < 1e-8  # the last beta is clipped at 0.999
+
+
+@pytest.mark.parametrize("schedule", [linear_alphas_cumprod, cosine_alphas_cumprod])
+def test_closed_form_q_matches_iterating_the_forward_chain(schedule):
+    process = GaussianDiffusion(schedule(200))
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.tensor([-1.0, -0.2, 0.5, 1.0]).repeat(50_000, 1)  # (N, 4), 4 pixel values
+    x = x0.clone()
+    checks = {0: None, 20: None, 100: None, 199: None}
+    for t in range(200):  # x_t ~ q(x_t | x_{t-1}), eq. 2
+        x = process.q_step(x, torch.full((len(x),), t), torch.randn(x.shape, generator=g))
+        if t in checks:
+            checks[t] = x.clone()
+    for t, xt in checks.items():
+        closed = process.q_sample(x0, torch.full((len(x0),), t), torch.randn(x0.shape, generator=g))  # eq. 4
+        ab = float(process.alphas_cumprod[t])
+        for sample in (xt, closed):
+            torch.testing.assert_close(sample.mean(0), math.sqrt(ab) * x0[0], atol=0.015, rtol=0)
+            torch.testing.assert_close(sample.var(0), torch.full((4,), 1 - ab), atol=0.015, rtol=0.02)
+
+
+def test_v_and_epsilon_parameterisations_agree():
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(6, 1, 4, 4, generator=g).clamp(-1, 1), torch.randn(6, 1, 4, 4, generator=g)
+    abar = torch.rand(6, 1, 1, 1, generator=g).double().clamp(1e-3, 1 - 1e-3).float()
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    v = v_from_eps(x0, eps, abar)
+    torch.testing.assert_close(eps_from_v(x_t, v, abar), eps)
+    torch.testing.assert_close(x0_from_eps(x_t, eps, abar), x0, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(abar.sqrt() * x_t - (1 - abar).sqrt() * v, x0)  # x0 = alpha x_t - sigma v
+    # golden: at abar = 1/2, v = (eps - x0) / sqrt(2)
+    half = torch.tensor(0.5)
+    assert float(v_from_eps(torch.tensor(0.2), torch.tensor(1.0), half)) == pytest.approx(0.8 / math.sqrt(2))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_the_perfect_network_has_zero_loss_and_its_output_is_the_noise(prediction):
+    process = GaussianDiffusion(cosine_alphas_cumprod(100), prediction)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(5, 1, 4, 4, generator=g) * 2 - 1, torch.randn(5, 1, 4, 4, generator=g)
+    t = torch.tensor([0, 10, 50, 90, 99])
+    ab = process.abar(t, x0)
+    target = noise if prediction == "epsilon" else v_from_eps(x0, noise, ab)
+    oracle = lambda x_t, tt, y: target  # noqa: E731
+    assert float(process.training_losses(oracle, x0, t, None, noise)["mse"].abs().max()) < 1e-10
+    x_t = process.q_sample(x0, t, noise)
+    torch.testing.assert_close(process.eps_from_output(target, x_t, t), noise, atol=1e-5, rtol=1e-5)
+    wrong = lambda x_t, tt, y: target + 0.1  # noqa: E731
+    torch.testing.assert_close(process.training_losses(wrong, x0, t, None, noise)["mse"], torch.full((5,), 0.01))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_min_snr_weighting_is_min_snr_times_the_x0_error(prediction):
+    process = GaussianDiffusion(linear_alphas_cumprod(1000), prediction, "min_snr")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(4, 1, 4, 4, generator=g) * 2 - 1, torch.randn(4, 1, 4, 4, generator=g)
+    t = torch.tensor([5, 150, 400, 900])  # SNR from ~2000 (clipped at 5) to ~1e-4
+    out = torch.randn(4, 1, 4, 4, generator=g)  # any prediction
+    x_t, ab = process.q_sample(x0, t, noise), process.abar(t, x0)
+    eps_hat = process.eps_from_output(out, x_t, t)
+    x0_err = (x0_from_eps(x_t, eps_hat, ab) - x0).pow(2).flatten(1).mean(1)
+    snr = (ab / (1 - ab)).flatten()
+    loss = process.training_losses(lambda *_: out, x0, t, None, noise)["loss"]
+    torch.testing.assert_close(loss, snr.clamp(max=5.0) * x0_err, rtol=1e-4, atol=1e-6)
+    assert float(min_snr_weight(torch.tensor(0.5), "v")) == pytest.approx(0.5)  # SNR 1: 1 / 2
+    assert float(min_snr_weight(torch.tensor(0.9), "epsilon")) == pytest.approx(5 / 9)  # SNR 9: 5 / 9
+
+
+def test_static_clipping_clamps_the_x0_prediction():
+    x_t, eps, ab = torch.tensor([0.9, 0.0]), torch.tensor([-2.0, 0.1]), torch.tensor(0.25)
+    clipped = static_clip_epsilon(x_t, eps, ab)
+    x0 = x0_from_eps(x_t, clipped, ab)
+    torch.testing.assert_close(x0, x0_from_eps(x_t, eps, ab).clamp(-1, 1))
+    assert float(x0[0]) == 1.0 and float(clipped[1]) == pytest.approx(0.1)  # in range: unchanged
+
+
+def test_guidance_scale_one_is_the_conditional_prediction():
+    c, u = torch.randn(3, 4), torch.randn(3, 4)
+    torch.testing.assert_close(guided_epsilon(c, u, 1.0), c)
+    torch.testing.assert_close(guided_epsilon(c, u, 0.0), u)
+    torch.testing.assert_close(guided_epsilon(c, u, 3.0), u + 3 * (c - u))
+
+    m = model(conditional=True).eval()
+    for p in m.parameters():  # a non-trivial net: the zero-initialised output layer would hide the labels
+        p.data.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
+    x, t, y = torch.randn(4, *SPEC.shape), torch.tensor([1, 5, 9, 19]), torch.tensor([0, 3, 7, 9])
+    null = torch.full_like(y, SPEC.num_classes)
+    with torch.no_grad():
+        e_c = m.process.eps_from_output(m.net(x, t, y), x, t)
+        e_u = m.process.eps_from_output(m.net(x, t, null), x, t)
+        plain = DiffusionSamplingConfig(clip_denoised="none")
+        torch.testing.assert_close(m.eps_fn(y, plain)(x, t), e_c)
+        guided = DiffusionSamplingConfig(clip_denoised="none", guidance_scale=3.0)
+        torch.testing.assert_close(m.eps_fn(y, guided)(x, t), e_u + 3.0 * (e_c - e_u), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(e_c, e_u)
+
+
+def test_label_dropout_sends_labels_to_the_null_class():
+    x, y = torch.rand(8, *SPEC.shape) * 2 - 1, torch.arange(8)
+    m = model(conditional=True, p_uncond=1.0)
+    for p in m.parameters():
+        p.data.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
+
+    def loss(labels):
+        torch.manual_seed(5)
+        return float(m.training_losses(x, labels, "model")["loss"].detach())
+
+    assert loss(y) == loss(torch.zeros_like(y))  # every label dropped
+    m.cfg = m.cfg.model_copy(update={"p_uncond": 0.0})
+    assert loss(y) != loss(torch.zeros_like(y))  # none dropped: the labels matter
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm_solver++"])
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_every_sampler_gives_images_in_range_and_is_seeded(sampler, prediction):
+    m = model(prediction=prediction).eval()
+    o = DiffusionSamplingConfig(sampler=sampler, steps=4, eta=0.5, spacing="quadratic")
+    a = m.sample(3, generator=torch.Generator().manual_seed(0), options=o)
+    b = m.sample(3, generator=torch.Generator().manual_seed(0), options=o)
+    assert a.shape == (3, *SPEC.shape) and a.abs().max() <= 1 and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 16, 16)])
+def test_the_unet_handles_colour_and_other_sizes(shape):
+    torch.manual_seed(0)
+    m = build_diffusion(DiffusionConfig(channels=8, channel_mults=(1, 2, 2, 2), attention_levels=(2, 3),
+                                        num_res_blocks=2, conditional=True), ImageSpec(shape, 10))
+    x, t = torch.randn(2, *shape), torch.tensor([0, 999])
+    assert m.net(x, t, torch.tensor([3, 10])).shape == (2, *shape)
+    loss = m.training_losses(x.clamp(-1, 1), torch.tensor([1, 2]), "model")["loss"]
+    loss.backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_conditional_sampling_defaults_to_a_balanced_mix_of_classes():
+    m = model(conditional=True).eval()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    o = DiffusionSamplingConfig(steps=3, guidance_scale=2.0)
+    assert torch.equal(m.sample(12, generator=g(), options=o), m.sample(12, torch.arange(12) % 10, g(), o))
+
+
+def test_bad_requests_are_input_errors():
+    with pytest.raises(InputError, match="unconditional"):
+        model().sample(2, labels=torch.tensor([1, 2]))
+    with pytest.raises(InputError, match="guidance_scale"):
+        model().sample(2, options=DiffusionSamplingConfig(steps=5, guidance_scale=2.0))
+    with pytest.raises(InputError, match="p_uncond"):
+        model(conditional=True, p_uncond=0.0).sample(2, options=DiffusionSamplingConfig(steps=5, guidance_scale=2.0))
+    with pytest.raises(InputError, match="sampling.steps"):
+        model().sample(2, options=DiffusionSamplingConfig(steps=21))
+    with pytest.raises(InputError, match="labels"):
+        model(conditional=True).sample(2, labels=torch.tensor([1, 10]))
+    with pytest.raises(InputError, match="channel_mults"):
+        model(channel_mults=(1, 1, 1, 1, 1))  # 4 halvings of 8x8
+    with pytest.raises(InputError, match="attention_levels"):
+        model(attention_levels=(2,))
+    with pytest.raises(ValueError, match="sampling.steps"):  # caught when the config is loaded
+        DiffusionConfig(timesteps=20, sampling=DiffusionSamplingConfig(steps=50))
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_a_few_steps_learn_something(prediction):
+    m = model(prediction=prediction)
+    g = torch.Generator().manual_seed(0)
+    x = ((torch.rand(1, *SPEC.shape, generator=g) > 0.7).float() * 2 - 1).repeat(16, 1, 1, 1)  # one binary image
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    losses = []
+    for _ in range(40):
+        loss = m.training_losses(x, None, "model")["loss"]
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert sum(losses[-8:]) < 0.7 * sum(losses[:8])  # the MSE starts near 1
+    assert m.log_likelihood(x) is None  # the variational bound comes later
