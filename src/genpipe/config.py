@@ -40,6 +40,7 @@ class PathsConfig(Section):
     models: Path = Path("models")  # models/<family>/checkpoint.pt
     metrics: Path = Path("metrics")  # metrics/<family>.json (DVC metrics)
     figures: Path = Path("figures")  # figures/<family>/: samples, interpolations, traversals
+    reports: Path = Path("reports")  # reports/comparison.md and .html
 
 
 class DataConfig(Section):
@@ -75,9 +76,34 @@ class TrackingConfig(Section):
     # The tracking URI is not a param: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.
 
 
+class FeaturesConfig(Section):
+    """The feature network of every distribution metric (FID, KID, PR, DC, IS, class histogram).
+
+    ``domain``: a small CNN classifier trained on the prepared train split (its own DVC stage);
+    ``inception``: torch-fidelity's Inception-v3 with weights from a local file the user supplies.
+    """
+
+    extractor: Literal["domain", "inception"] = "domain"
+    inception_weights: Path | None = None  # local pt_inception-2015-12-05 weights (extractor=inception)
+    width: int = Field(32, ge=4)  # channels of the classifier's first conv block (doubled per block)
+    feature_dim: int = Field(64, ge=2)  # penultimate width: the features' dimension
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(2e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    augment_shift: int = Field(1, ge=0)  # random translation by up to this many pixels while training
+
+
 class EvaluateConfig(Section):
     batch_size: int = Field(256, ge=1)
     grid_samples: int = Field(64, ge=1, le=1024)  # images in the evaluation sample grid
+    num_samples: int = Field(1000, ge=2)  # generated images per distribution metric (never < feature_dim)
+    kid_subsets: int = Field(50, ge=1)
+    kid_subset_size: int = Field(500, ge=2)
+    pr_k: int = Field(3, ge=1)  # k of improved precision and recall (Kynkaanniemi et al. 2019)
+    dc_k: int = Field(5, ge=1)  # k of density and coverage (Naeem et al. 2020)
+    speed_batch_size: int = Field(64, ge=1)  # batch at which sampling speed is measured
+    speed_repeats: int = Field(3, ge=1)  # timed batches after one warm-up batch
 
 
 class StorageConfig(Section):
@@ -248,13 +274,14 @@ class DiffusionConfig(FamilyConfig):
     timesteps: int = Field(1000, ge=2)  # T of the forward process
     schedule: Literal["linear", "cosine"] = "cosine"  # beta schedule
     prediction: Literal["epsilon", "v"] = "v"  # what the network regresses (v: cleaner samples early on)
-    loss_weighting: Literal["uniform", "min_snr"] = "min_snr"  # min_snr: Hang et al. 2023, gamma = 5
+    loss_weighting: Literal["uniform", "min_snr"] = "uniform"  # min_snr: Hang et al. 2023, gamma = 5
     channels: int = Field(16, ge=8)  # base width of the U-Net
     channel_mults: tuple[int, ...] = Field((1, 2, 2), min_length=1)  # width per level; 2x down between
     num_res_blocks: int = Field(1, ge=1)  # ResBlocks per level (down path)
     attention_levels: tuple[int, ...] = (2,)  # levels (indices into channel_mults) with self-attention
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     p_uncond: float = Field(0.1, ge=0.0, le=1.0)  # label dropout for classifier-free guidance
+    vlb_timesteps: int = Field(50, ge=1)  # stratified timesteps per image of the likelihood bound (>= T-1: all)
     sampling: DiffusionSamplingConfig = DiffusionSamplingConfig()
 
     @model_validator(mode="after")
@@ -273,6 +300,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    features: FeaturesConfig = FeaturesConfig()
     generate: GenerateConfig = GenerateConfig()
     storage: StorageConfig = StorageConfig()
     pipeline: PipelineConfig = PipelineConfig()

@@ -9,6 +9,7 @@ import torch
 
 from genpipe.errors import InputError
 from genpipe.models.base import ImageSpec
+from genpipe.models.distributions import discretized_gaussian_log_prob
 from genpipe.models.diffusion import (
     DiffusionConfig,
     DiffusionSamplingConfig,
@@ -226,4 +227,81 @@ def test_a_few_steps_learn_something(prediction):
         loss.backward()
         opt.step()
     assert sum(losses[-8:]) < 0.7 * sum(losses[:8])  # the MSE starts near 1
-    assert m.log_likelihood(x) is None  # the variational bound comes later
+    m.eval()
+    torch.manual_seed(0)
+    trained = m.log_likelihood(x[:4]).nats.mean()
+    torch.manual_seed(0)
+    untrained = model(prediction=prediction).eval().log_likelihood(x[:4]).nats.mean()
+    assert trained > untrained  # training tightens the bound on the image it saw
+
+
+# ----------------------------------------------------------------------------- the variational bound
+
+
+@pytest.mark.parametrize("mean, log_scale", [(0.0, -6.0), (0.3, -2.0), (-0.9, 0.0), (1.5, -1.0), (0.0, 3.0)])
+def test_discretised_gaussian_sums_to_one_over_the_256_levels(mean, log_scale):
+    levels = torch.arange(256, dtype=torch.float64) / 127.5 - 1.0
+    p = discretized_gaussian_log_prob(levels, torch.tensor(mean), torch.tensor(log_scale)).exp()
+    assert float(p.sum()) == pytest.approx(1.0, abs=1e-9)
+    assert torch.isfinite(p.log()).all() or (p >= 0).all()
+
+
+def test_discretised_gaussian_is_finite_far_in_the_tails():
+    x = torch.tensor([-1.0, 0.0, 1.0], dtype=torch.float64)
+    lp = discretized_gaussian_log_prob(x, torch.tensor(-1.0, dtype=torch.float64), torch.tensor(-7.0, dtype=torch.float64))
+    assert torch.isfinite(lp).all()
+    assert lp[0] > -1e-4 and lp[2] < lp[1] < -100  # the mass sits on -1; +1 is further out than 0
+
+
+def point_mass_oracle(process: GaussianDiffusion, x_star: torch.Tensor):
+    """The Bayes-optimal epsilon when the data is the single image x_star."""
+    def eps(x_t, t):
+        ab = process.abar(t, x_t)
+        return (x_t - ab.sqrt() * x_star) / (1 - ab).sqrt()
+    return eps
+
+
+def test_the_bound_of_the_ideal_denoiser_on_a_point_mass_is_the_prior_and_decoder_terms():
+    process = GaussianDiffusion(cosine_alphas_cumprod(50))
+    g = torch.Generator().manual_seed(0)
+    x = ((torch.rand(1, 1, 4, 4, generator=g) > 0.5).double() * 2 - 1)
+    eps = point_mass_oracle(process, x)
+    for t in range(1, 50):  # every KL term vanishes: the predicted x0 is the true one
+        kl = process.vlb_term(eps, x, torch.tensor([t]), torch.randn(x.shape, generator=g, dtype=torch.float64))
+        assert float(kl) == pytest.approx(0.0, abs=1e-6)
+    sigma = math.sqrt(float(process.betas()[0]))
+    decoder = -float(discretized_gaussian_log_prob(x, x, torch.tensor(math.log(sigma))).sum())
+    nll = process.nll_bound(eps, x, timesteps=10, generator=g)
+    assert float(nll) == pytest.approx(float(process.prior_kl(x)) + decoder, rel=1e-6)
+
+
+def test_a_worse_denoiser_has_a_looser_bound():
+    process = GaussianDiffusion(cosine_alphas_cumprod(50))
+    x = torch.ones(2, 1, 4, 4, dtype=torch.float64)
+    ideal = point_mass_oracle(process, x)
+    off = point_mass_oracle(process, x * 0.5)
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    assert (process.nll_bound(off, x, 49, g()) > process.nll_bound(ideal, x, 49, g()) + 1.0).all()
+
+
+def test_the_stratified_estimate_is_unbiased_for_the_full_sum():
+    """Mean over many stratified draws of 5 timesteps = the exact sum over all 49 (a biased
+    estimator, e.g. the strata's midpoints, misses it by far more than the tolerance)."""
+    process = GaussianDiffusion(linear_alphas_cumprod(50))
+    x = torch.ones(1, 1, 2, 2, dtype=torch.float64)
+    bad = point_mass_oracle(process, x * 0.2)
+    eps = lambda x_t, t: bad(x_t, t) + 0.0  # noqa: E731  deterministic in (x_t, t)
+    exact = torch.stack([process.nll_bound(eps, x, 49, torch.Generator().manual_seed(s)) for s in range(200)]).mean()
+    est = torch.stack([process.nll_bound(eps, x, 5, torch.Generator().manual_seed(s)) for s in range(2000)]).mean()
+    assert float(est) == pytest.approx(float(exact), rel=0.02)
+
+
+def test_the_model_reports_a_lower_bound_in_nats_per_image():
+    m = model(vlb_timesteps=4).eval()
+    x = torch.rand(3, *SPEC.shape) * 2 - 1
+    x = (x * 127.5).round() / 127.5
+    ll = m.log_likelihood(x)
+    assert ll.kind == "lower_bound" and ll.estimator == "vlb-stratified-4"
+    assert ll.nats.shape == (3,) and (ll.nats < 0).all()
+    assert m.log_likelihood(x).estimator == "vlb-stratified-4"
+    assert model(vlb_timesteps=19).eval().log_likelihood(x).estimator == "vlb"  # T - 1 = 19 terms: all of them

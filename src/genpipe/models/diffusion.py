@@ -34,6 +34,7 @@ from torch import nn
 from genpipe.config import DiffusionSamplingConfig, DiffusionConfig
 from genpipe.errors import InputError
 from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup, cpu_randn
+from genpipe.models.distributions import discretized_gaussian_log_prob
 from genpipe.models.nets.unet import UNet
 from genpipe.samplers import EpsFn, run_sampler
 
@@ -154,6 +155,76 @@ class GaussianDiffusion:
         weight = 1.0 if self.weighting == "uniform" else min_snr_weight(ab.flatten(), self.prediction)
         return {"mse": mse, "loss": weight * mse}
 
+    # -- the variational bound (Ho et al. eq. 5) ------------------------------------
+    def posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of q(x_{t-1} | x_t, x_0) (eqs. 6-7) for 0-based t >= 1, float64."""
+        abar = self.alphas_cumprod.to(t.device)
+        shape = (-1, *([1] * (x0.dim() - 1)))
+        a_t, a_prev = abar[t].view(shape), abar[t - 1].view(shape)
+        beta = 1.0 - a_t / a_prev
+        mean = (a_prev.sqrt() * beta / (1 - a_t)) * x0.double() + ((1 - beta).sqrt() * (1 - a_prev) / (1 - a_t)) * x_t.double()
+        return mean, beta * (1 - a_prev) / (1 - a_t)
+
+    def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
+        """L_T = KL(q(x_T | x_0) || N(0, I)) per image (B,), nats."""
+        a = self.alphas_cumprod[-1].item()
+        mean_sq = a * x0.double().pow(2)
+        return 0.5 * (mean_sq + (1 - a) - 1 - math.log(1 - a)).flatten(1).sum(1)
+
+    def vlb_term(self, eps_fn: EpsFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """One term of the bound per image (B,), nats, at 0-based timesteps t (B,):
+
+        t = 0:  L_0 = -log p(x_0 | x_1), a discretised Gaussian around the predicted x_0 (eq. 13)
+                with variance beta_1;
+        t >= 1: L_{t} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)), p with the posterior's
+                variance (the beta-tilde choice of sec. 3.2) and the mean of eq. 11.
+        """
+        x_t = self.q_sample(x0, t, noise)
+        ab = self.abar(t, x0)
+        x0_hat = x0_from_eps(x_t, eps_fn(x_t, t).float(), ab).clamp(-1.0, 1.0).double()
+        out = torch.empty(x0.shape[0], dtype=torch.float64, device=x0.device)
+        first = t == 0
+        if first.any():
+            log_scale = 0.5 * torch.log(self.betas()[0]).to(x0.device)
+            out[first] = -discretized_gaussian_log_prob(x0[first], x0_hat[first], log_scale).flatten(1).sum(1)
+        later = ~first
+        if later.any():
+            tl = t[later]
+            mean_q, var = self.posterior(x0[later], x_t[later], tl)
+            mean_p, _ = self.posterior(x0_hat[later], x_t[later], tl)
+            out[later] = ((mean_q - mean_p).pow(2) / (2 * var)).flatten(1).sum(1)
+        return out
+
+    def nll_bound(self, eps_fn: EpsFn, x0: torch.Tensor, timesteps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """-ELBO per image (B,), nats: L_T + L_0 exactly, and the sum of L_1..L_{T-1} estimated
+        without bias from one uniform draw in each of ``timesteps`` blocks of consecutive t
+        (:func:`vlb_strata`), weighted by the block's size; every term when ``timesteps`` >= T - 1.
+        The terms fall roughly as 1/t, so the blocks grow geometrically: the small t that carry
+        most of the bound are summed one by one. Noise comes from the CPU ``generator``."""
+        b, device = x0.shape[0], x0.device
+        zero = torch.zeros(b, dtype=torch.long, device=device)
+        total = self.prior_kl(x0) + self.vlb_term(eps_fn, x0, zero, cpu_randn(x0.shape, generator, device))
+        edges = vlb_strata(self.num_timesteps, timesteps)
+        sizes = (edges[1:] - edges[:-1]).tolist()
+        u = torch.rand(len(sizes), generator=generator, dtype=torch.float64)
+        for start, size, uk in zip(edges[:-1].tolist(), sizes, u.tolist()):
+            t = torch.full((b,), start + min(int(uk * size), size - 1), dtype=torch.long, device=device)
+            total = total + size * self.vlb_term(eps_fn, x0, t, cpu_randn(x0.shape, generator, device))
+        return total
+
+
+def vlb_strata(num_timesteps: int, blocks: int) -> torch.Tensor:
+    """Edges (K+1,) long of K = min(blocks, T-1) blocks of consecutive timesteps tiling 1..T-1,
+    sizes growing geometrically (blocks of one at the start, while the geometric step is < 1)."""
+    end = num_timesteps  # exclusive
+    k = min(blocks, end - 1)
+    edges = [1]
+    for i in range(k):
+        left = k - i
+        ratio = (end / edges[-1]) ** (1.0 / left)
+        edges.append(end if left == 1 else min(max(edges[-1] + 1, round(edges[-1] * ratio)), end - left + 1))
+    return torch.tensor(edges, dtype=torch.long)
+
 
 # ----------------------------------------------------------------------------- the family
 
@@ -236,9 +307,28 @@ class Diffusion(nn.Module):
                          steps=o.steps, spacing=o.spacing, eta=o.eta, generator=generator)
         return x0.clamp(-1.0, 1.0)
 
-    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LogLikelihood | None:
-        """None for now: the variational bound (Ho et al. eq. 5) comes with the evaluation issue."""
-        return None
+    @torch.no_grad()
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> LogLikelihood:
+        """The variational lower bound on log p(x) of the 8-bit image (Ho et al. eq. 5), in nats.
+
+        A conditional model given labels bounds log p(x | y); without labels it uses the null
+        class, the unconditional model it learnt with label dropout (p_uncond > 0).
+        """
+        y = None
+        if self.cfg.conditional:
+            if labels is None:
+                if self.cfg.p_uncond == 0.0:
+                    raise InputError("labels: this conditional diffusion model never saw the null class "
+                                     "(p_uncond=0); pass labels for log p(x | y)")
+                labels = torch.full((x.shape[0],), self.spec.num_classes, dtype=torch.long)
+            y = labels.long().to(x.device)
+        eps = lambda x_t, t: self.process.eps_from_output(self.net(x_t, t, y), x_t, t)  # noqa: E731
+        n = self.cfg.vlb_timesteps
+        nats = -self.process.nll_bound(eps, x, n, generator)
+        exact_sum = n >= self.process.num_timesteps - 1
+        return LogLikelihood(nats=nats, kind="lower_bound",
+                             estimator="vlb" if exact_sum else f"vlb-stratified-{n}")
 
 
 def build_diffusion(cfg: DiffusionConfig, spec: ImageSpec) -> Diffusion:
@@ -249,5 +339,5 @@ FAMILY = Family(
     name="diffusion",
     config_type=DiffusionConfig,
     build=build_diffusion,
-    summary="DDPM with a small U-Net (epsilon or v); samplers: ddpm, ddim, dpm_solver++; likelihood: none yet",
+    summary="DDPM with a small U-Net (epsilon or v); samplers: ddpm, ddim, dpm_solver++; likelihood: variational bound",
 )
