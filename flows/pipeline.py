@@ -1,5 +1,6 @@
-"""The training pipeline: prepare -> train (each family its own task, concurrently)
--> evaluate -> generate, under one parent MLflow run; then DVC records what it made.
+"""The training pipeline: prepare -> train (each family its own task, concurrently, beside
+the feature network) -> evaluate -> generate -> the comparison report, under one parent
+MLflow run; then DVC records what it made.
 
 Run it with ``python -m flows.pipeline`` (what ``make run`` does). With no
 ``PREFECT_API_URL`` Prefect starts a temporary local API for the run; with it set, the
@@ -29,18 +30,22 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
     parent = tasks.start_pipeline_run(params, overrides)
     ok = False
     metrics: dict[str, dict] = {}
+    report: dict[str, Any] = {}
     try:
         retries = cfg.pipeline.task_retries
         train, generate = tasks.train.with_options(retries=retries), tasks.generate.with_options(retries=retries)
+        features = tasks.features.submit(params, overrides)
         trained = {f: train.submit(params, overrides, f, parent) for f in cfg.families}
-        evaluated = {f: tasks.evaluate.submit(params, overrides, f, wait_for=[trained[f]]) for f in cfg.families}
+        evaluated = {f: tasks.evaluate.submit(params, overrides, f, wait_for=[trained[f], features]) for f in cfg.families}
         generated = {f: generate.submit(params, overrides, f, wait_for=[trained[f]]) for f in cfg.families}
         outcomes = {f: fut.result() for f, fut in trained.items()}
         metrics = {f: fut.result() for f, fut in evaluated.items()}
         images = {f: fut.result() for f, fut in generated.items()}
+        report = tasks.report(params, overrides)
         ok = True
     finally:
-        tasks.finish_pipeline_run(parent, metrics, ok)
+        files = [report["markdown"], report["html"]] if report else None
+        tasks.finish_pipeline_run(parent, metrics, ok, files)
     recorded: list[str] = []
     if cfg.pipeline.record_with_dvc and not overrides and Path(params).resolve() == Path("params.yaml").resolve():
         if is_dvc_repo(Path.cwd()):
@@ -56,6 +61,7 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
             for f in cfg.families
         },
         "generated": {f: {k: g[k] for k in ("out", "manifest_uri", "num_images")} for f, g in images.items()},
+        "report": report,
         "dvc_recorded": recorded,
     }
 
@@ -69,6 +75,9 @@ def main() -> None:
     for family, m in result["metrics"].items():
         ll = f"test {m['estimator']} {m['bits_per_dim']:.3f} bits/dim" if m else "no likelihood"
         print(f"{family}: {ll}; trained in {result['seconds'][family]['train']:.0f}s; images -> {result['generated'][family]['out']}")
+    for line in result["report"]["verdict"]:
+        print(line.replace("**", ""))
+    print(f"report: {result['report']['markdown']} and {result['report']['html']}")
     print(f"MLflow parent run {result['mlflow_parent_run_id']}; DVC recorded: {', '.join(result['dvc_recorded']) or 'nothing'}")
 
 

@@ -7,12 +7,14 @@ only where a retry can help: training (a Ray worker lost) and generation (an S3 
 
 from tasks.stages import (
     evaluate,
+    features,
     finish_pipeline_run,
     generate,
     prepare,
     record_with_dvc,
+    report,
     start_pipeline_run,
     train,
 )
 
-__all__ = ["evaluate", "finish_pipeline_run", "generate", "prepare", "record_with_dvc", "start_pipeline_run", "train"]
+__all__ = ["evaluate", "features", "finish_pipeline_run", "generate", "prepare", "record_with_dvc", "report", "start_pipeline_run", "train"]

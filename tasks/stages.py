@@ -43,6 +43,21 @@ def train(params: str, overrides: list[str] | None, family: str, parent_run_id: 
     return {**asdict(out), "checkpoint": str(out.checkpoint)}
 
 
+@task(name="features", task_run_name="features", retries=RETRIES, retry_delay_seconds=RETRY_DELAY)
+def features(params: str, overrides: list[str] | None) -> dict[str, Any]:
+    from genpipe.evaluation.features import train_feature_net
+
+    return train_feature_net(_cfg(params, overrides), progress=False)
+
+
+@task(name="report", task_run_name="report")
+def report(params: str, overrides: list[str] | None) -> dict[str, Any]:
+    from genpipe.evaluation.report import write_report
+
+    out = write_report(_cfg(params, overrides))
+    return {k: out[k] for k in ("markdown", "html", "verdict")}
+
+
 @task(name="evaluate", task_run_name="evaluate-{family}")
 def evaluate(params: str, overrides: list[str] | None, family: str) -> dict[str, Any]:
     from genpipe.evaluation import evaluate_family
@@ -62,10 +77,10 @@ def generate(
 
 
 @task(name="finish-pipeline-run", task_run_name="finish-pipeline-run")
-def finish_pipeline_run(run_id: str, metrics: dict[str, dict], ok: bool) -> None:
+def finish_pipeline_run(run_id: str, metrics: dict[str, dict], ok: bool, report_files: list[str] | None = None) -> None:
     from genpipe import tracking
 
-    tracking.finish_pipeline_run(run_id, metrics, ok)
+    tracking.finish_pipeline_run(run_id, metrics, ok, report_files)
 
 
 @task(name="record-with-dvc", task_run_name="record-with-dvc")

@@ -18,7 +18,9 @@ TINY = {
         "log_every": 5, "sample_every": 20, "checkpoint_every": 20, "threads": 1,
     },
     "vae": {"latent_dim": 4, "channels": [8, 16]},
-    "evaluate": {"grid_samples": 16},
+    "evaluate": {"grid_samples": 16, "num_samples": 48, "kid_subsets": 5, "kid_subset_size": 24,
+                 "speed_batch_size": 8, "speed_repeats": 1, "sweep_samples": 24, "diffusion_sweep": []},
+    "features": {"steps": 150, "width": 8, "feature_dim": 16, "batch_size": 32, "lr": 1.0e-2},
     "profiles": {"quick": {}, "full": {"train": {"steps": 100}}},
 }
 
@@ -113,6 +115,7 @@ def trained_project(tmp_path_factory, mlflow_uri) -> Path:
     """
     from genpipe.config import load_config
     from genpipe.data import prepare_dataset
+    from genpipe.evaluation.features import train_feature_net
     from genpipe.training import train_family
 
     folder = tmp_path_factory.mktemp("trained")
@@ -123,6 +126,7 @@ def trained_project(tmp_path_factory, mlflow_uri) -> Path:
         cfg = load_config("params.yaml")
         prepare_dataset(cfg)
         train_family(cfg, "vae")
+        train_feature_net(cfg, progress=False)
     finally:
         os.chdir(old)
     return folder

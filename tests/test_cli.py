@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +17,10 @@ def genpipe(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=300)
 
 
-def test_prepare_train_evaluate(project):
+def test_prepare_train_evaluate_report(project):
     outputs = {}
-    for args in (["prepare"], ["train", "--family", "vae", "-S", "train.steps=20"], ["evaluate", "--family", "vae"]):
+    for args in (["prepare"], ["train", "--family", "vae", "-S", "train.steps=20"], ["features"],
+                 ["evaluate", "--family", "vae"], ["report"]):
         proc = genpipe(*args)
         assert proc.returncode == 0, proc.stderr[-2000:]
         outputs[args[0]] = proc.stdout
@@ -26,6 +29,21 @@ def test_prepare_train_evaluate(project):
     assert load_checkpoint(project / "models/vae/checkpoint.pt")["step"] == 20
     metrics = json.loads((project / "metrics/vae.json").read_text())
     assert metrics["likelihood"]["bits_per_dim"] > 0 and (project / "figures/vae/samples.png").exists()
+    assert "feature network domain-cnn-" in outputs["features"]
+    assert json.loads(outputs["evaluate"])["extractor"] == metrics["quality"]["extractor_id"]
+    md = (project / "reports/comparison.md").read_text()
+    assert f"| vae | — | {metrics['quality']['fid']:.3g} |" in md  # the row carries the evaluated FID
+    assert "real (test split)" in md and (project / "reports/comparison.html").exists()
+    assert (project / "reports/figures/precision_recall.png").exists()
+    summary = json.loads((project / "reports/comparison.json").read_text())
+    assert summary["vae"]["fid"] == pytest.approx(metrics["quality"]["fid"])
+
+
+def test_report_before_evaluate_exits_2(project):
+    assert genpipe("prepare").returncode == 0
+    proc = genpipe("report")
+    assert proc.returncode == 2 and "metrics/vae.json: no metrics for vae" in proc.stderr
+    assert not (project / "reports").exists()
 
 
 def test_evaluate_before_train_exits_2(project):

@@ -14,6 +14,8 @@ import torch
 from genpipe.config import load_config
 from genpipe.data import prepare_dataset
 from genpipe.evaluation import evaluate_family
+from genpipe.evaluation.features import train_feature_net
+from genpipe.evaluation.report import write_report
 from genpipe.generation import generate_images
 from genpipe.storage import sha256_file
 from genpipe.training import train_family
@@ -23,7 +25,7 @@ from tests.conftest import TINY, write_params
 
 REPO = Path(__file__).resolve().parents[1]
 # dvc.yaml's templates read these keys from params.yaml, so they must be spelled out there
-DVC_KEYS = {"families": ["vae"], "paths": {"data": "data/prepared", "models": "models", "metrics": "metrics", "figures": "figures"}}
+DVC_KEYS = {"families": ["vae"], "paths": {"data": "data/prepared", "models": "models", "metrics": "metrics", "figures": "figures", "reports": "reports"}}
 
 
 def params(steps: int) -> dict:
@@ -54,12 +56,14 @@ def test_flow_outputs_committed_then_status_clean_and_repro_reproduces(tmp_path,
     cfg = load_config("params.yaml")
     # what the flow's tasks do, in order
     prepare_dataset(cfg)
+    train_feature_net(cfg, progress=False)
     train_family(cfg, "vae")
     evaluate_family(cfg, "vae")
     generate_images(cfg, "vae")
+    write_report(cfg)
     assert pipeline_status(repo) != {}  # nothing recorded yet
     committed = commit_pipeline(repo)
-    assert committed == ["evaluate@vae", "generate@vae", "prepare", "train@vae"]
+    assert committed == ["evaluate@vae", "features", "generate@vae", "prepare", "report", "train@vae"]
     assert pipeline_status(repo) == {}
     before = sha256_file(repo / "models/vae/checkpoint.pt")
     proc = dvc(repo, "repro")
@@ -80,4 +84,5 @@ def test_flow_outputs_committed_then_status_clean_and_repro_reproduces(tmp_path,
     theirs = load_checkpoint(fresh / "models/vae/checkpoint.pt")["model"]
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)  # same seed, same CPU: same weights
     assert (fresh / "metrics/vae.json").exists() and list((fresh / "generated/vae/manifests").glob("*.parquet"))
+    assert (fresh / "reports/comparison.md").exists() and (fresh / "reports/comparison.json").exists()
     assert pipeline_status(fresh) == {}

@@ -33,8 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--family", required=True, help="family to train, e.g. vae")
     t.add_argument("--resume", action="store_true", help="continue from models/<family>/last.pt, same MLflow run")
     t.add_argument("--parent-run-id", default=os.environ.get("GENPIPE_PARENT_RUN_ID"), help=argparse.SUPPRESS)
-    e = sub.add_parser("evaluate", parents=[common], help="held-out likelihood and sample grid of one family")
+    sub.add_parser("features", parents=[common], help="train the feature network of every distribution metric")
+    e = sub.add_parser("evaluate", parents=[common], help="the evaluation protocol for one family (metrics/<family>.json)")
     e.add_argument("--family", required=True)
+    sub.add_parser("report", parents=[common], help="the comparison report: reports/comparison.md and .html")
     g = sub.add_parser("generate", parents=[common], help="batch-generate images + a Parquet manifest into a store")
     g.add_argument("--family", default=None, help="generate from models/<family>/checkpoint.pt")
     g.add_argument("--run-id", default=None, help="or from the checkpoint artifact of this MLflow run")
@@ -66,11 +68,26 @@ def run(argv: Sequence[str] | None = None) -> int:
         out = train_family(cfg, args.family, resume=args.resume, parent_run_id=args.parent_run_id)
         losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(out.losses.items()))
         print(f"trained {out.family}: {out.step} steps in {out.seconds:.1f}s -> {out.checkpoint} (mlflow run {out.run_id}); {losses}")
+    elif args.stage == "features":
+        from genpipe.evaluation.features import train_feature_net
+
+        card = train_feature_net(cfg)
+        print(f"feature network {card['id']}: test accuracy {card['test_accuracy']:.4f} -> {cfg.paths.models}/features")
     elif args.stage == "evaluate":
         from genpipe.evaluation import evaluate_family
 
         metrics = evaluate_family(cfg, args.family)
-        print(json.dumps({k: metrics[k] for k in ("family", "likelihood", "samples_png")}, indent=2))
+        q = metrics["quality"]
+        print(json.dumps({"family": metrics["family"], "likelihood": metrics["likelihood"],
+                          "fid": q["fid"], "precision": q["precision"], "recall": q["recall"],
+                          "images_per_s": metrics["speed"]["images_per_s"], "extractor": q["extractor_id"],
+                          "samples_png": metrics["samples_png"]}, indent=2))
+    elif args.stage == "report":
+        from genpipe.evaluation.report import write_report
+
+        out = write_report(cfg)
+        print("\n".join(out["verdict"]))
+        print(f"wrote {out['markdown']} and {out['html']}")
     elif args.stage == "latents":
         from pathlib import Path
 

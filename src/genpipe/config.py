@@ -104,6 +104,9 @@ class EvaluateConfig(Section):
     dc_k: int = Field(5, ge=1)  # k of density and coverage (Naeem et al. 2020)
     speed_batch_size: int = Field(64, ge=1)  # batch at which sampling speed is measured
     speed_repeats: int = Field(3, ge=1)  # timed batches after one warm-up batch
+    # diffusion: FID against NFE, each entry overriding diffusion.sampling, on sweep_samples images
+    diffusion_sweep: tuple[dict[str, Any], ...] = ()
+    sweep_samples: int = Field(500, ge=2)
 
 
 class StorageConfig(Section):

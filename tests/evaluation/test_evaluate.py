@@ -15,6 +15,7 @@ from genpipe.config import load_config
 from genpipe.data import prepare_dataset
 from genpipe.errors import InputError
 from genpipe.evaluation import evaluate_family, heldout_likelihood, make_grid
+from genpipe.evaluation.features import train_feature_net
 from genpipe.models.base import LogLikelihood
 from genpipe.storage import sha256_file
 from genpipe.training import train_family
@@ -56,6 +57,9 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri):
     with pytest.raises(InputError, match="run `genpipe train --family vae` first"):
         evaluate_family(cfg, "vae")
     out = train_family(cfg, "vae")
+    with pytest.raises(InputError, match="run `genpipe features` first"):
+        evaluate_family(cfg, "vae")
+    card = train_feature_net(cfg, progress=False)
     metrics = evaluate_family(cfg, "vae")
 
     on_disk = json.loads((project / "metrics/vae.json").read_text())
@@ -79,5 +83,17 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri):
     assert {a.path for a in client.list_artifacts(out.run_id, "evaluation")} == {
         "evaluation/vae.json", "evaluation/samples.png", "evaluation/interpolation.png", "evaluation/traversal.png"
     }
+    # the protocol: every distribution metric, named by its extractor and sample count
+    q = metrics["quality"]
+    assert q["extractor_id"] == card["id"] and metrics["extractor"]["id"] == card["id"]
+    assert q["num_samples"] == 48 and q["seed"] == 0
+    assert q["fid"] > 0 and 0 <= q["precision"] <= 1 and 0 <= q["recall"] <= 1 and 0 <= q["coverage"] <= 1
+    assert 1.0 <= q["inception_score"] <= 10.0 and 1 <= q["classes_covered"] <= 10
+    assert q["memorisation"]["ratio"] > 0
+    assert metrics["speed"]["nfe"] == 1 and metrics["speed"]["images_per_s"] > 0 and metrics["speed"]["batch_size"] == 8
+    assert metrics["training"]["steps"] == 40 and metrics["training"]["seconds"] > 0
+    assert run.data.metrics["eval/fid"] == pytest.approx(q["fid"])
     # evaluation is reproducible: same checkpoint, same seed, same numbers
-    assert evaluate_family(cfg, "vae")["likelihood"] == ll
+    again = evaluate_family(cfg, "vae")
+    assert again["likelihood"] == ll
+    assert again["quality"]["fid"] == q["fid"] and again["quality"]["kid"] == q["kid"]

@@ -1,9 +1,17 @@
-"""The evaluate stage (minimal protocol): held-out likelihood and a sample grid.
+"""The evaluate stage: one protocol for every family.
 
-Writes ``metrics/<family>.json`` (a DVC metric) and ``figures/<family>/`` (the sample grid;
-for families with a latent space also interpolations between seeds and, for flat latents,
-single-dimension traversals), and logs them to the family's training run in MLflow. Every number carries what produced it:
-dataset and checkpoint sha256, split and image count, estimator and whether it is a bound.
+For the trained family: the held-out likelihood (bits/dim, exact or a bound, said which);
+``evaluate.num_samples`` images from seed ``seed`` scored by every distribution metric
+(:mod:`genpipe.evaluation.quality`: FID, KID, precision/recall, density/coverage,
+Inception-style score and class histogram, memorisation, sharpness) in the features of the
+extractor named in the result; sampling cost (:mod:`genpipe.evaluation.speed`); training cost
+(steps and wall-clock of the checkpoint); for diffusion, the sampler sweep
+(``evaluate.diffusion_sweep``: FID against NFE).
+
+Writes ``metrics/<family>.json`` (a DVC metric; the sweep's rows too), ``figures/<family>/`` (the sample grid; for families with a latent
+space also interpolations and traversals), and logs them to the family's training run in
+MLflow. Every number carries what produced it: dataset and checkpoint sha256, extractor id,
+sample count, sampler and NFE, seed.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from genpipe.data import load_split, read_card, to_model_range, to_uint8
 from genpipe.errors import InputError
 from genpipe.evaluation.grid import make_grid
 from genpipe.models import get_family, sampling_options
-from genpipe.models.base import LatentModel
+from genpipe.models.base import LatentModel, network_evaluations
 from genpipe.storage import atomic_write_bytes, sha256_file
 from genpipe.training.checkpoint import FINAL, family_dir, load_model
 
@@ -92,20 +100,79 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
 
         figure_paths += write_latent_grids(model, figures, cfg.seed, cfg.seed + 1, options=options)
     metrics["figures"] = [p.as_posix() for p in figure_paths]
+    metrics |= protocol_metrics(cfg, family, model, options, state)
     metrics["seconds"] = time.perf_counter() - t0
     atomic_write_bytes(metrics_dir / f"{family}.json", (json.dumps(metrics, indent=2) + "\n").encode())
 
     run_id = metrics["mlflow_run_id"]
     if run_id:
         uri = tracking.tracking_uri()
+        scalars = {f"eval/{k}": v for k, v in metrics["quality"].items() if isinstance(v, (int, float))}
+        scalars |= {"eval/images_per_s": metrics["speed"]["images_per_s"], "eval/nfe": metrics["speed"]["nfe"]}
         if likelihood is not None:
-            tracking.log_metrics(
-                run_id,
-                {"test_nll_nats": likelihood["nll_nats"], "test_bits_per_dim": likelihood["bits_per_dim"]},
-                step=state["step"],
-                uri=uri,
-            )
+            scalars |= {"test_nll_nats": likelihood["nll_nats"], "test_bits_per_dim": likelihood["bits_per_dim"]}
+        tracking.log_metrics(run_id, scalars, step=state["step"], uri=uri)
         tracking.log_artifact(run_id, metrics_dir / f"{family}.json", "evaluation", uri=uri)
         for path in figure_paths:
             tracking.log_artifact(run_id, path, "evaluation", uri=uri)
     return metrics
+
+
+@torch.no_grad()
+def generate_images(model: torch.nn.Module, n: int, options: Any, seed: int, batch_size: int) -> tuple[torch.Tensor, float]:
+    """``n`` uint8 images from one seeded generator, in batches; and the seconds it took."""
+    generator = torch.Generator().manual_seed(seed)
+    t0, out = time.perf_counter(), []
+    for i in range(0, n, batch_size):
+        out.append(to_uint8(model.sample(min(batch_size, n - i), generator=generator, options=options).float().cpu()))
+    return torch.cat(out), time.perf_counter() - t0
+
+
+def protocol_metrics(cfg: Config, family: str, model: torch.nn.Module, options: Any, state: dict) -> dict[str, Any]:
+    """The distribution metrics, sampling and training cost (and the sampler sweep) of ``model``."""
+    from genpipe.evaluation.features import load_extractor
+    from genpipe.evaluation.quality import load_reference, sample_quality
+    from genpipe.evaluation.speed import sampling_speed
+
+    e = cfg.evaluate
+    extractor = load_extractor(cfg)
+    ref = load_reference(cfg, extractor)
+    images, gen_seconds = generate_images(model, e.num_samples, options, cfg.seed, e.batch_size)
+    quality = sample_quality(images, ref, extractor, cfg) | {"seed": cfg.seed, "generation_seconds": gen_seconds}
+    out: dict[str, Any] = {
+        "extractor": extractor.card,
+        "quality": quality,
+        "speed": sampling_speed(model, options, e.speed_batch_size, e.speed_repeats, cfg.seed),
+        "training": {"steps": state["step"], "seconds": state.get("train_seconds"),
+                     "world_size": state.get("meta", {}).get("world_size")},
+    }
+    if family == "diffusion" and e.diffusion_sweep:
+        out["sweep"] = sampler_sweep(cfg, model, options, extractor, ref)
+    return out
+
+
+def sampler_sweep(cfg: Config, model: torch.nn.Module, base: Any, extractor: Any, ref: Any) -> list[dict[str, Any]]:
+    """FID, KID, precision/recall, NFE and images/s per sampler setting of
+    ``evaluate.diffusion_sweep`` (each entry overrides ``diffusion.sampling``), all on
+    ``evaluate.sweep_samples`` images from the same seed."""
+    from genpipe.evaluation import metrics as M
+
+    e, rows = cfg.evaluate, []
+    for i, entry in enumerate(e.diffusion_sweep):
+        try:
+            options = type(base).model_validate(base.model_dump() | dict(entry))
+        except ValueError as err:
+            raise InputError(f"evaluate.diffusion_sweep[{i}]: {str(err).splitlines()[-1].strip()}") from None
+        images, seconds = generate_images(model, e.sweep_samples, options, cfg.seed, e.batch_size)
+        feats = extractor.features(images, e.batch_size)
+        precision, recall = M.precision_recall(ref.train_features, feats, e.pr_k)
+        rows.append({
+            "sampler": options.sampler, "steps": options.steps if options.sampler != "ddpm" else None,
+            "nfe": network_evaluations(model, options), "num_samples": e.sweep_samples, "seed": cfg.seed,
+            "fid": M.frechet_distance(ref.train_features, feats),
+            "kid": M.kernel_inception_distance(ref.train_features, feats, e.kid_subsets, e.kid_subset_size, seed=cfg.seed)[0],
+            "precision": precision, "recall": recall,
+            "images_per_s": len(images) / seconds, "extractor_id": extractor.id,
+            "sampling": options.model_dump(mode="json"),
+        })
+    return rows

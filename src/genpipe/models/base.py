@@ -106,6 +106,14 @@ class FittedModel(Protocol):
         ...
 
 
+def network_evaluations(model: nn.Module, options: Any = None) -> int:
+    """Network evaluations per generated image (NFE): the model's ``nfe(options)`` where the
+    family defines one (diffusion: sampler steps; PixelCNN: sequential passes; Gaussian
+    mixture: 0), else 1 (one decoder / generator / inverse-flow pass)."""
+    nfe = getattr(model, "nfe", None)
+    return int(nfe(options)) if callable(nfe) else 1
+
+
 @dataclass(frozen=True)
 class Family:
     """A registered family: its name, config section type and builder."""

@@ -307,6 +307,12 @@ class Diffusion(nn.Module):
                          steps=o.steps, spacing=o.spacing, eta=o.eta, generator=generator)
         return x0.clamp(-1.0, 1.0)
 
+    def nfe(self, options: DiffusionSamplingConfig | None = None) -> int:
+        """Network evaluations per image: one per sampler step (all T for ddpm), two with guidance."""
+        o = self.cfg.sampling if options is None else options
+        steps = self.process.num_timesteps if o.sampler == "ddpm" else o.steps
+        return steps * (2 if self.cfg.conditional and o.guidance_scale != 1.0 else 1)
+
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None,
                        generator: torch.Generator | None = None) -> LogLikelihood:

@@ -167,6 +167,12 @@ class PixelCNN(nn.Module):
                     x[:, ch, i, j] = level.float() / 127.5 - 1.0
         return x.clamp(-1.0, 1.0)
 
+    def nfe(self, options=None) -> int:
+        """Sequential network passes per image: the vertical stack once per row, the horizontal
+        stack and head once per sub-pixel."""
+        c, height, width = self.spec.shape
+        return height * (1 + width * c)
+
     def _sampling_labels(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
         if not self.cfg.conditional:
             if labels is not None:

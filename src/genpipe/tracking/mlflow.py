@@ -136,13 +136,23 @@ def start_pipeline_run(cfg, dataset: str) -> str:
     return start_run(cfg.tracking.experiment, f"pipeline-{dataset}", params, tags)
 
 
-def finish_pipeline_run(run_id: str, metrics_by_family: dict[str, dict], ok: bool) -> None:
-    """Log each family's headline numbers on the parent run, then close it."""
+def finish_pipeline_run(run_id: str, metrics_by_family: dict[str, dict], ok: bool,
+                        report_files: list[str] | None = None) -> None:
+    """Log each family's headline numbers (and the comparison report) on the parent run, then close it."""
     flat: dict[str, float] = {}
     for family, m in metrics_by_family.items():
         ll = (m or {}).get("likelihood") or {}
         if "bits_per_dim" in ll:
             flat[f"{family}.test_bits_per_dim"] = ll["bits_per_dim"]
+        q = (m or {}).get("quality") or {}
+        for key in ("fid", "kid", "precision", "recall", "density", "coverage", "inception_score", "class_kl"):
+            if isinstance(q.get(key), (int, float)):
+                flat[f"{family}.{key}"] = q[key]
+        speed = (m or {}).get("speed") or {}
+        if "images_per_s" in speed:
+            flat[f"{family}.images_per_s"] = speed["images_per_s"]
     if flat:
         log_metrics(run_id, flat)
+    for path in report_files or []:
+        log_artifact(run_id, path, "report")
     end_run(run_id, ok)

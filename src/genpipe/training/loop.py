@@ -133,12 +133,13 @@ def _phase_step(step_module: nn.Module, opt: torch.optim.Optimizer, params: list
 
 
 def _checkpoint_state(step: int, cfg: TrainConfig, model: nn.Module, ema: nn.Module, optimizers: dict,
-                      rngs: list, meta: dict[str, Any], world_size: int) -> dict[str, Any]:
+                      rngs: list, meta: dict[str, Any], world_size: int, seconds: float) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "family": meta.get("family"),
         "step": step,
         "total_steps": cfg.steps,
+        "train_seconds": seconds,  # wall-clock of the training loop up to this step, over resumes
         "model": model.state_dict(),
         "ema": ema.state_dict(),
         "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
@@ -183,6 +184,7 @@ def train_loop(
 
     images_per_step = cfg.batch_size * world.world_size
     window, last, first_step, t0 = _Window(), {}, step, time.perf_counter()
+    seconds_before = float(resume.get("train_seconds", 0.0)) if resume is not None else 0.0
     bar = world.progress(cfg.steps, step, meta.get("family", "train"))
     sample_seed = seed + 1_000_003  # the same noise at every step: grids are comparable
     while step < cfg.steps:
@@ -213,7 +215,9 @@ def train_loop(
             logger.log_samples(step, to_uint8(imgs.float().cpu()))
         if step % cfg.checkpoint_every == 0 or final:
             rngs = world.all_gather(rng_state(device))
-            state = _checkpoint_state(step, cfg, model, ema, optimizers, rngs, meta, world.world_size) if world.rank == 0 else None
+            elapsed = seconds_before + time.perf_counter() - t0
+            state = (_checkpoint_state(step, cfg, model, ema, optimizers, rngs, meta, world.world_size, elapsed)
+                     if world.rank == 0 else None)
             checkpointer.save(state, step, final=final, metrics=last)
     bar.close()
     seconds = time.perf_counter() - t0

@@ -1,0 +1,361 @@
+"""The comparison report: every family's numbers, measured one way, side by side.
+
+``genpipe report`` (and the last task of the pipeline flow) reads ``metrics/<family>.json``
+written by the evaluate stage, scores the held-out real images with the same extractor as a
+reference row, and writes
+
+* ``reports/comparison.md`` and ``reports/comparison.html``: one row per family (and per
+  sampler setting of the diffusion sweep) with quality, diversity, likelihood, sampling speed,
+  training cost; a sample grid per family; the plots; and the verdict on the introductions'
+  ordering, computed from the numbers;
+* ``reports/figures/``: FID against NFE, precision against recall, training losses (from
+  MLflow), and each family's sample grid;
+* ``reports/comparison.json`` (DVC metrics: the table's numbers) and ``reports/plots/*.json``
+  (DVC plots). Every per-family number is also in ``metrics/<family>.json``, the evaluate
+  stage's DVC metrics.
+
+Every number names what produced it: dataset and checkpoint sha256, extractor id, sample
+count, sampler and NFE, seed.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from genpipe.config import Config
+from genpipe.errors import InputError
+from genpipe.storage import atomic_write_bytes
+
+QUESTIONS = (
+    "Image quality: FID and KID (lower is better), precision and density, and the sample grids.",
+    "Diversity / mode collapse: recall, coverage, classes covered and KL of the class histogram to the labels.",
+    "Likelihood: held-out bits/dim (lower is better); exact or a bound, as marked.",
+    "Sampling speed: images/s at a stated batch size and network evaluations per image (NFE).",
+    "Training cost and stability: wall-clock, steps, and the training-loss curves.",
+)
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
+        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
+    return str(v)
+
+
+def _read_metrics(cfg: Config) -> dict[str, dict[str, Any]]:
+    out = {}
+    for family in cfg.families:
+        path = Path(cfg.paths.metrics) / f"{family}.json"
+        if not path.exists():
+            raise InputError(f"{path}: no metrics for {family}; run `genpipe evaluate --family {family}` first")
+        m = json.loads(path.read_text())
+        if "quality" not in m:
+            raise InputError(f"{path}: written by an older evaluate stage; run `genpipe evaluate --family {family}` again")
+        out[family] = m
+    ids = {m["quality"]["extractor_id"] for m in out.values()}
+    if len(ids) > 1:  # numbers from different extractors never share a column
+        raise InputError(f"{cfg.paths.metrics}: families were scored by different feature extractors {sorted(ids)}; "
+                         "evaluate them again with one")
+    return out
+
+
+def real_reference(cfg: Config) -> dict[str, Any]:
+    """The held-out real images (test split) through the same metrics: the floor a perfect
+    generator would reach at that sample count."""
+    from genpipe.evaluation.features import load_extractor
+    from genpipe.evaluation.quality import load_reference, sample_quality
+
+    extractor = load_extractor(cfg)
+    ref = load_reference(cfg, extractor)
+    return sample_quality(ref.test_images, ref, extractor, cfg)
+
+
+def _loss_histories(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Training-loss curves from each family's MLflow run (empty where unavailable)."""
+    from genpipe import tracking
+
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking.tracking_uri())
+    except Exception:  # noqa: BLE001 - the report still renders without curves
+        return out
+    for family, m in metrics.items():
+        run_id = m.get("mlflow_run_id")
+        if not run_id:
+            continue
+        curves = {}
+        try:
+            keys = [k for k in client.get_run(run_id).data.metrics if "loss" in k and not k.startswith("eval/")]
+            for key in sorted(keys):
+                curves[key] = [(h.step, h.value) for h in client.get_metric_history(run_id, key)]
+        except Exception:  # noqa: BLE001 - a missing run leaves that family's curve out
+            continue
+        out[family] = curves
+    return out
+
+
+def _plots(metrics: dict, real: dict, losses: dict, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+
+    def save(fig, name):
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        atomic_write_bytes(folder / name, buf.getvalue())
+        paths.append(folder / name)
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for family, m in metrics.items():
+        q = m["quality"]
+        ax.scatter(q["recall"], q["precision"], s=50)
+        ax.annotate(family, (q["recall"], q["precision"]), textcoords="offset points", xytext=(5, 3))
+    ax.scatter(real["recall"], real["precision"], marker="*", s=120, c="k")
+    ax.annotate("real (test)", (real["recall"], real["precision"]), textcoords="offset points", xytext=(5, -10))
+    ax.set(xlabel="recall (diversity)", ylabel="precision (fidelity)", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
+           title="Precision vs recall (k=3)")
+    ax.grid(alpha=0.3)
+    save(fig, "precision_recall.png")
+
+    sweeps = {f: m["sweep"] for f, m in metrics.items() if m.get("sweep")}
+    if sweeps:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for family, rows in sweeps.items():
+            for sampler in dict.fromkeys(r["sampler"] for r in rows):
+                pts = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == sampler)
+                ax.plot(*zip(*pts), marker="o", label=f"{family} {sampler}")
+        ax.set(xscale="log", xlabel="network evaluations per image (NFE)", ylabel="FID (lower is better)",
+               title="Sampler sweep: FID vs NFE")
+        ax.legend()
+        ax.grid(alpha=0.3, which="both")
+        save(fig, "fid_vs_nfe.png")
+
+    if any(losses.values()):
+        n = len(losses)
+        fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.8), squeeze=False)
+        for ax, (family, curves) in zip(axes[0], losses.items()):
+            for key, pts in curves.items():
+                if pts:
+                    ax.plot(*zip(*pts), label=key, lw=1)
+            ax.set(title=family, xlabel="step")
+            if curves:
+                ax.legend(fontsize=6)
+        save(fig, "training_losses.png")
+    return paths
+
+
+def _rows(metrics: dict, real: dict) -> list[dict[str, Any]]:
+    rows = []
+    for family, m in metrics.items():
+        q, sp, tr, ll = m["quality"], m["speed"], m["training"], m.get("likelihood")
+        sampler = m.get("sampling") or {}
+        rows.append({
+            "model": family,
+            "sampler": _sampler_name(sampler),
+            "fid": q["fid"], "kid": q["kid"], "precision": q["precision"], "recall": q["recall"],
+            "density": q["density"], "coverage": q["coverage"],
+            "is": q.get("inception_score"), "classes": q.get("classes_covered"), "class_kl": q.get("class_kl"),
+            "sharpness": q["sharpness_ratio"], "nn_ratio": q["memorisation"]["ratio"],
+            "bpd": None if ll is None else ll["bits_per_dim"],
+            "bpd_kind": None if ll is None else ("exact" if ll["kind"] == "exact" else "bound"),
+            "images_per_s": sp["images_per_s"], "nfe": sp["nfe"],
+            "train_s": tr.get("seconds"), "steps": tr.get("steps"),
+            "n": q["num_samples"], "seed": q.get("seed"), "checkpoint": m["checkpoint_sha256"][:12],
+        })
+        for r in m.get("sweep") or []:
+            rows.append({"model": family, "sampler": _sampler_name(r["sampling"]), "fid": r["fid"], "kid": r["kid"],
+                         "precision": r["precision"], "recall": r["recall"], "nfe": r["nfe"],
+                         "images_per_s": r["images_per_s"], "n": r["num_samples"], "seed": r["seed"],
+                         "checkpoint": m["checkpoint_sha256"][:12], "sweep": True})
+    rows.append({"model": "real (test split)", "sampler": "—", "fid": real["fid"], "kid": real["kid"],
+                 "precision": real["precision"], "recall": real["recall"], "density": real["density"],
+                 "coverage": real["coverage"], "is": real.get("inception_score"), "classes": real.get("classes_covered"),
+                 "class_kl": real.get("class_kl"), "sharpness": real["sharpness_ratio"],
+                 "nn_ratio": real["memorisation"]["ratio"], "n": real["num_samples"]})
+    return rows
+
+
+def _sampler_name(s: dict) -> str:
+    if not s:
+        return "—"
+    if "sampler" in s:
+        return s["sampler"] if s["sampler"] == "ddpm" else f"{s['sampler']}-{s['steps']}"
+    return ", ".join(f"{k}={v}" for k, v in s.items())
+
+
+COLUMNS = [  # (key, header)
+    ("model", "model"), ("sampler", "sampler"), ("fid", "FID ↓"), ("kid", "KID ↓"), ("precision", "precision ↑"),
+    ("recall", "recall ↑"), ("density", "density"), ("coverage", "coverage ↑"), ("is", "IS ↑"),
+    ("classes", "classes"), ("class_kl", "class KL ↓"), ("sharpness", "sharpness / real"),
+    ("nn_ratio", "NN-dist ratio"), ("bpd", "bits/dim ↓"), ("images_per_s", "images/s ↑"), ("nfe", "NFE"),
+    ("train_s", "train s"), ("steps", "steps"), ("n", "n"), ("checkpoint", "checkpoint"),
+]
+
+
+def verdict(metrics: dict[str, dict[str, Any]], losses: dict) -> list[str]:
+    """What the numbers say about the introductions' ordering, each claim checked."""
+    q = {f: m["quality"] for f, m in metrics.items()}
+    lines = []
+    by_fid = sorted(q, key=lambda f: q[f]["fid"])
+    lines.append(f"Best image quality by FID: **{by_fid[0]}** (FID {q[by_fid[0]]['fid']:.3g}); order: "
+                 + " < ".join(f"{f} {q[f]['fid']:.3g}" for f in by_fid) + ".")
+    if "diffusion" in q:
+        holds = by_fid[0] == "diffusion"
+        lines.append(f"'Diffusion gives the best quality': **{'holds' if holds else 'does not hold'}** here "
+                     f"(diffusion ranks {by_fid.index('diffusion') + 1} of {len(by_fid)} by FID).")
+    speed = {f: m["speed"]["images_per_s"] for f, m in metrics.items()}
+    if "gan" in q:
+        faster = [f for f in speed if speed[f] > speed["gan"]]
+        lines.append(f"'GANs sample fast': GAN {speed['gan']:.0f} images/s at NFE {metrics['gan']['speed']['nfe']}"
+                     + (f"; faster: {', '.join(faster)}." if faster else ", the fastest here."))
+        gl = losses.get("gan", {})
+        d_curve = gl.get("discriminator/loss")
+        if d_curve and len(d_curve) > 4:
+            tail = [v for _, v in d_curve[len(d_curve) // 2 :]]
+            mean = sum(tail) / len(tail)
+            sd = (sum((v - mean) ** 2 for v in tail) / len(tail)) ** 0.5
+            lines.append(f"'GANs are unstable': over the second half of training the discriminator loss has mean "
+                         f"{mean:.3g} and standard deviation {sd:.3g} (one seed; the spread across seeds is not measured "
+                         "by the quick profile).")
+        lines.append(f"GAN diversity: recall {q['gan']['recall']:.2f}, coverage {q['gan']['coverage']:.2f}, "
+                     f"{q['gan'].get('classes_covered', '—')} classes covered, class KL {_fmt(q['gan'].get('class_kl'))}.")
+    if "vae" in q:
+        sharp = q["vae"]["sharpness_ratio"]
+        others = sorted((q[f]["sharpness_ratio"], f) for f in q)
+        lines.append(f"'VAEs are blurry': VAE sample sharpness is {sharp:.2f}× that of real images "
+                     f"(rank {[f for _, f in others].index('vae') + 1} of {len(others)} from the blurriest) — "
+                     f"**{'holds' if sharp < 0.8 else 'does not hold'}** (threshold 0.8).")
+    ll = {f: m["likelihood"]["bits_per_dim"] for f, m in metrics.items() if m.get("likelihood")}
+    if ll:
+        order = sorted(ll, key=ll.get)
+        lines.append("Likelihood (bits/dim, lower is better): " + " < ".join(f"{f} {ll[f]:.3f}" for f in order) + ".")
+        if "gmm" in ll:
+            worse = [f for f in ll if f != "gmm" and ll[f] >= ll["gmm"]]
+            lines.append("Every neural likelihood beats the Gaussian mixture." if not worse
+                         else f"Not beating the Gaussian mixture ({ll['gmm']:.3f}): {', '.join(worse)}.")
+    return lines
+
+
+def write_report(cfg: Config) -> dict[str, Any]:
+    """Write reports/comparison.{md,html}, the plots, metrics/comparison.json and the DVC plot files."""
+    metrics = _read_metrics(cfg)
+    real = real_reference(cfg)
+    losses = _loss_histories(metrics)
+    folder = Path(cfg.paths.reports)
+    plots = _plots(metrics, real, losses, folder / "figures")
+    grids = {}
+    for family, m in metrics.items():
+        src = Path(m["samples_png"])
+        if src.exists():
+            dst = folder / "figures" / f"samples-{family}.png"
+            atomic_write_bytes(dst, src.read_bytes())
+            grids[family] = dst
+    rows = _rows(metrics, real)
+    lines = verdict(metrics, losses)
+    any_m = next(iter(metrics.values()))
+    provenance = {
+        "dataset_sha256": any_m["dataset_sha256"],
+        "extractor": any_m["extractor"],
+        "num_samples": cfg.evaluate.num_samples,
+        "seed": cfg.seed,
+        "families": {f: {"checkpoint_sha256": m["checkpoint_sha256"], "mlflow_run_id": m.get("mlflow_run_id"),
+                         "sampling": m.get("sampling"), "nfe": m["speed"]["nfe"],
+                         "speed": {k: m["speed"][k] for k in ("batch_size", "device", "threads", "repeats")}}
+                     for f, m in metrics.items()},
+    }
+    md = _markdown(rows, lines, plots, grids, provenance, folder)
+    atomic_write_bytes(folder / "comparison.md", md.encode())
+    atomic_write_bytes(folder / "comparison.html", _html(rows, lines, plots, grids, provenance, folder).encode())
+
+    summary = {r["model"] if not r.get("sweep") else f"{r['model']}/{r['sampler']}":
+               {k: r.get(k) for k, _ in COLUMNS if k not in ("model", "sampler", "checkpoint") and r.get(k) is not None}
+               for r in rows}
+    mdir = folder
+    atomic_write_bytes(mdir / "comparison.json", (json.dumps(summary, indent=2) + "\n").encode())
+    pr = [{"model": r["model"], "precision": r["precision"], "recall": r["recall"]} for r in rows if not r.get("sweep")]
+    atomic_write_bytes(mdir / "plots" / "precision_recall.json", (json.dumps(pr, indent=2) + "\n").encode())
+    sweep = [{"model": r["model"], "sampler": r["sampler"].split("-")[0], "nfe": r["nfe"], "fid": r["fid"]}
+             for r in rows if r.get("sweep")]
+    atomic_write_bytes(mdir / "plots" / "fid_vs_nfe.json", (json.dumps(sweep, indent=2) + "\n").encode())
+    return {"markdown": (folder / "comparison.md").as_posix(), "html": (folder / "comparison.html").as_posix(),
+            "rows": rows, "verdict": lines, "provenance": provenance}
+
+
+def _rel(path: Path, folder: Path) -> str:
+    return path.relative_to(folder).as_posix()
+
+
+def _markdown(rows, lines, plots, grids, prov, folder) -> str:
+    out = ["# genpipe comparison report", "",
+           f"Dataset sha256 `{prov['dataset_sha256'][:16]}…`; feature extractor `{prov['extractor'].get('id')}` "
+           f"(test accuracy {_fmt(prov['extractor'].get('test_accuracy'))}); {prov['num_samples']} samples per family, "
+           f"seed {prov['seed']}. Reference for FID/KID/PR/DC: the train split's features.", "",
+           "The questions and where the answer is:", ""]
+    out += [f"{i}. {q}" for i, q in enumerate(QUESTIONS, 1)]
+    out += ["", "## What the numbers say", ""] + [f"- {line}" for line in lines]
+    out += ["", "## One row per family (and per sampler setting)", "",
+            "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        cells = []
+        for k, _ in COLUMNS:
+            v = r.get(k)
+            cells.append(_fmt(v) + (" (bound)" if k == "bpd" and r.get("bpd_kind") == "bound" else ""))
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", "Sweep rows use their own sample count (n); FID is biased upward at small n, so compare a row "
+            "with rows of the same n. The real row scores the held-out test images (small n) with the same code.",
+            "Sharpness: mean squared Laplacian relative to the real train images (< 1 blurrier). NN-dist ratio: "
+            "mean nearest-train-image distance of samples over that of held-out real images (< 1: closer to the "
+            "training images than unseen real ones are — copying).", ""]
+    out += ["## Plots", ""] + [f"![{p.stem}]({_rel(p, folder)})" for p in plots]
+    out += ["", "## Samples", ""] + [f"### {f}\n\n![{f}]({_rel(p, folder)})\n" for f, p in grids.items()]
+    out += ["## Provenance", "", "```json", json.dumps(prov, indent=2), "```", ""]
+    return "\n".join(out)
+
+
+def _html(rows, lines, plots, grids, prov, folder) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for _, h in COLUMNS)
+    body = ""
+    for r in rows:
+        cells = "".join(
+            f"<td>{esc(_fmt(r.get(k)) + (' (bound)' if k == 'bpd' and r.get('bpd_kind') == 'bound' else ''))}</td>"
+            for k, _ in COLUMNS)
+        body += f"<tr{' class=sweep' if r.get('sweep') else ''}>{cells}</tr>\n"
+    imgs = "".join(f'<figure><img src="{esc(_rel(p, folder))}"><figcaption>{esc(p.stem)}</figcaption></figure>' for p in plots)
+    samples = "".join(f'<figure><img src="{esc(_rel(p, folder))}" width="288"><figcaption>{esc(f)}</figcaption></figure>'
+                      for f, p in grids.items())
+    verdict_html = "".join(f"<li>{esc(line).replace('**', '')}</li>" for line in lines)
+    questions = "".join(f"<li>{esc(q)}</li>" for q in QUESTIONS)
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>genpipe comparison</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
+td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}tr.sweep{{color:#555;background:#f6f6f6}}
+figure{{display:inline-block;margin:8px}}pre{{background:#f4f4f4;padding:8px}}</style></head><body>
+<h1>genpipe comparison report</h1>
+<p>Dataset sha256 <code>{esc(prov['dataset_sha256'][:16])}…</code>; extractor <code>{esc(str(prov['extractor'].get('id')))}</code>;
+{prov['num_samples']} samples per family; seed {prov['seed']}.</p>
+<ol>{questions}</ol>
+<h2>What the numbers say</h2><ul>{verdict_html}</ul>
+<h2>One row per family (and per sampler setting)</h2>
+<table><tr>{head}</tr>
+{body}</table>
+<h2>Plots</h2>{imgs}
+<h2>Samples</h2>{samples}
+<h2>Provenance</h2><pre>{esc(json.dumps(prov, indent=2))}</pre>
+</body></html>
+"""
+
