@@ -20,8 +20,6 @@ from genpipe.evaluation.metrics import (
     memorisation,
     precision_recall,
 )
-from genpipe.evaluation.stage import heldout_likelihood
-from genpipe.models.base import LogLikelihood
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -228,25 +226,3 @@ def test_memorisation_takes_uint8_images():
 
 
 # ----------------------------------------------------------------------------- likelihood
-
-
-class UniformModel(torch.nn.Module):
-    """p(x) = 256^-D for every 8-bit image: a code length of exactly 8 bits/dim."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("anchor", torch.zeros(1))  # heldout_likelihood finds the device from it
-
-    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LogLikelihood:
-        dims = x[0].numel()
-        return LogLikelihood(
-            nats=torch.full((x.shape[0],), -dims * math.log(256), dtype=torch.float64), kind="exact", estimator="uniform"
-        )
-
-
-def test_bits_per_dim_of_a_uniform_model_over_8_bit_pixels_is_exactly_8():
-    images = torch.randint(0, 256, (23, 1, 8, 8), generator=torch.Generator().manual_seed(27), dtype=torch.uint8)
-    result = heldout_likelihood(UniformModel(), images, torch.zeros(23, dtype=torch.long), batch_size=5)
-    assert result["bits_per_dim"] == pytest.approx(8.0, abs=1e-12)
-    assert result["nll_nats"] == pytest.approx(64 * math.log(256), rel=1e-12)
-    assert (result["kind"], result["estimator"]) == ("exact", "uniform")

@@ -25,14 +25,11 @@ from genpipe.evaluation.features import Extractor
 class Reference:
     """The real data every sample set is compared with, in the extractor's features."""
 
-    extractor_id: str
     train_features: torch.Tensor  # (N, D) float64
     train_pixels: torch.Tensor  # (N, C*H*W) float32 in [0, 1]
-    test_pixels: torch.Tensor  # (M, C*H*W)
     test_images: torch.Tensor  # (M, C, H, W) uint8, for the real-data reference row
     label_distribution: torch.Tensor  # (K,) train label frequencies
     train_sharpness: float  # mean Laplacian energy of the train images
-    dataset_sha256: str
 
 
 def _pixels(images: torch.Tensor) -> torch.Tensor:
@@ -52,14 +49,11 @@ def load_reference(cfg: Config, extractor: Extractor) -> Reference:
     train, test = load_split(cfg.paths.data, "train"), load_split(cfg.paths.data, "test")
     counts = torch.bincount(train.labels.long(), minlength=train.num_classes).double()
     return Reference(
-        extractor_id=extractor.id,
         train_features=extractor.features(train.images, cfg.evaluate.batch_size),
         train_pixels=_pixels(train.images),
-        test_pixels=_pixels(test.images),
         test_images=test.images,
         label_distribution=counts / counts.sum(),
         train_sharpness=sharpness(train.images),
-        dataset_sha256=train.card["sha256"],
     )
 
 
@@ -83,7 +77,7 @@ def sample_quality(images: torch.Tensor, ref: Reference, extractor: Extractor, c
         "density": density,
         "coverage": coverage,
         "sharpness_ratio": sharpness(images) / ref.train_sharpness,
-        "memorisation": M.memorisation(ref.train_pixels, _pixels(images), ref.test_pixels),
+        "memorisation": M.memorisation(ref.train_pixels, _pixels(images), _pixels(ref.test_images)),
     }
     if probs is not None:
         is_mean, is_std = M.inception_score(probs)

@@ -33,11 +33,6 @@ def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_mid))
 
 
-def _log_normal_cdf(z: torch.Tensor) -> torch.Tensor:
-    """log Phi(z), accurate in the far left tail (torch.special.log_ndtr)."""
-    return torch.special.log_ndtr(z)
-
-
 def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """log P(x) per element for x on the 256-level grid of [-1, 1] under N(mean, exp(log_scale)^2)
     integrated over x's bin (the edge bins take the tails); computed in float64, all tensors broadcast."""
@@ -45,14 +40,14 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
     inv_s = torch.exp(-log_scale)
     upper = inv_s * (x - mean + HALF_BIN)
     lower = inv_s * (x - mean - HALF_BIN)
-    log_cdf_upper = _log_normal_cdf(upper)  # used for x = -1
-    log_sf_lower = _log_normal_cdf(-lower)  # log(1 - Phi(lower)), used for x = +1
+    log_cdf_upper = torch.special.log_ndtr(upper)  # used for x = -1
+    log_sf_lower = torch.special.log_ndtr(-lower)  # log(1 - Phi(lower)), used for x = +1
     # log(Phi(upper) - Phi(lower)) = log Phi(upper) + log(1 - exp(log Phi(lower) - log Phi(upper))),
     # mirrored onto the right tail when the bin lies above the mean, so neither side cancels
     right = lower > 0
     a = torch.where(right, -lower, upper)  # the bin's edge nearer the mean, as a left-tail point
     b = torch.where(right, -upper, lower)
-    log_a, log_b = _log_normal_cdf(a), _log_normal_cdf(b)
+    log_a, log_b = torch.special.log_ndtr(a), torch.special.log_ndtr(b)
     log_mid = log_a + torch.log(-torch.expm1((log_b - log_a).clamp(max=-1e-300)))
     # when the bin is far narrower than the scale the difference underflows: density x bin width
     log_pdf_mid = -0.5 * (inv_s * (x - mean)) ** 2 - log_scale - 0.5 * math.log(2 * math.pi) + math.log(2 * HALF_BIN)
