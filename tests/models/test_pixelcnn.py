@@ -15,6 +15,7 @@ from genpipe.models.nets.masked import channel_groups
 from genpipe.models.pixelcnn import (
     PixelCNNConfig, PixelCNNSamplingConfig, build_pixelcnn, inverse_cdf_draw, to_levels,
 )
+from tests.models.training_steps import first_and_last_loss
 
 
 def pixelcnn(shape=(1, 8, 8), perturb: bool = True, **cfg) -> torch.nn.Module:
@@ -185,12 +186,5 @@ def test_bad_settings_are_refused():
 def test_a_few_steps_learn_something():
     model = pixelcnn(perturb=False).train()
     x = (images(32, (1, 8, 8)) > 0.4).float() * 2 - 1  # sparse binary images: two levels used
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-    first = None
-    for _ in range(40):
-        loss = model.training_losses(x, None, "model")["loss"]
-        first = first if first is not None else float(loss.detach())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert float(loss.detach()) < 0.5 * first
+    first, last = first_and_last_loss(model, x, lr=5e-3, steps=40)
+    assert last < 0.5 * first

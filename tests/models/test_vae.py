@@ -11,6 +11,7 @@ from genpipe.config import resolve
 from genpipe.errors import InputError
 from genpipe.models import FAMILIES, ImageSpec
 from genpipe.models.distributions import discretized_logistic_log_prob
+from tests.models.training_steps import first_and_last_loss
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 127.5 - 1.0  # the 256 pixel values in [-1, 1]
 
@@ -88,15 +89,8 @@ def test_a_few_steps_learn_something():
     model = vae()
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(32, 1, 8, 8, generator=g) > 0.7).float() * 2 - 1  # sparse binary images
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    first = None
-    for _ in range(60):
-        loss = model.training_losses(x, None, "model")["loss"]
-        first = first if first is not None else float(loss.detach())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    assert float(loss.detach()) < 0.5 * first
+    first, last = first_and_last_loss(model, x, lr=3e-3, steps=60)
+    assert last < 0.5 * first
 
 
 def test_labels_and_bad_geometry_are_input_errors():
