@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 # The Prefect flow (a temporary local Prefect API unless PREFECT_API_URL is set):
-# prepare -> train -> evaluate -> generate, then `dvc commit` so `dvc status` is clean.
+# prepare -> features + train -> evaluate -> generate -> report, then `dvc commit` so `dvc status` is clean.
 run: $(STAMP)
 	$(BIN)/python -m flows.pipeline
 	@echo "browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
