@@ -138,13 +138,17 @@ def _plots(metrics: dict, real: dict, losses: dict, folder: Path) -> list[Path]:
             for sampler in dict.fromkeys(r["sampler"] for r in rows):
                 pts = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == sampler)
                 ax.plot(*zip(*pts), marker="o", label=f"{family} {sampler}")
+        nfes = sorted({r["nfe"] for rows in sweeps.values() for r in rows})
         ax.set(xscale="log", xlabel="network evaluations per image (NFE)", ylabel="FID (lower is better)",
                title="Sampler sweep: FID vs NFE")
+        ax.set_xticks(nfes, [str(n) for n in nfes])
+        ax.minorticks_off()
         ax.legend()
         ax.grid(alpha=0.3, which="both")
         save(fig, "fid_vs_nfe.png")
 
-    if any(losses.values()):
+    losses = {f: c for f, c in losses.items() if c}  # families fitted without a loss (GMM) have no curve
+    if losses:
         n = len(losses)
         fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.8), squeeze=False)
         for ax, (family, curves) in zip(axes[0], losses.items()):
