@@ -1,6 +1,6 @@
 """The training pipeline: prepare -> train (each family its own task, concurrently, beside
-the feature network) -> evaluate -> generate -> the comparison report, under one parent
-MLflow run; then DVC records what it made.
+the feature network; and a replicate per entry of ``stability_seeds``) -> evaluate ->
+generate -> the comparison report, under one parent MLflow run; then DVC records what it made.
 
 Run it with ``python -m flows.pipeline`` (what ``make run`` does). With no
 ``PREFECT_API_URL`` Prefect starts a temporary local API for the run; with it set, the
@@ -35,8 +35,11 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
         retries = cfg.pipeline.task_retries
         train, generate = tasks.train.with_options(retries=retries), tasks.generate.with_options(retries=retries)
         features = tasks.features.submit(params, overrides)
-        trained = {f: train.submit(params, overrides, f, parent) for f in cfg.families}
-        evaluated = {f: tasks.evaluate.submit(params, overrides, f, wait_for=[trained[f], features]) for f in cfg.families}
+        trained = {f: train.submit(params, overrides, f, parent, cfg.seed) for f in cfg.families}
+        # replicates with the other seeds, for the spread of FID across seeds (none in the quick profile)
+        replicas = {f: [train.submit(params, overrides, f, parent, s) for s in cfg.stability_seeds] for f in cfg.families}
+        evaluated = {f: tasks.evaluate.submit(params, overrides, f, wait_for=[trained[f], features, *replicas[f]])
+                     for f in cfg.families}
         generated = {f: generate.submit(params, overrides, f, wait_for=[trained[f]]) for f in cfg.families}
         outcomes = {f: fut.result() for f, fut in trained.items()}
         metrics = {f: fut.result() for f, fut in evaluated.items()}

@@ -35,11 +35,12 @@ def prepare(params: str, overrides: list[str] | None) -> dict[str, Any]:
     return {k: card[k] for k in ("source", "shape", "counts", "sha256")}
 
 
-@task(name="train", task_run_name="train-{family}", retries=RETRIES, retry_delay_seconds=RETRY_DELAY)
-def train(params: str, overrides: list[str] | None, family: str, parent_run_id: str | None) -> dict[str, Any]:
+@task(name="train", task_run_name="train-{family}-seed{seed}", retries=RETRIES, retry_delay_seconds=RETRY_DELAY)
+def train(params: str, overrides: list[str] | None, family: str, parent_run_id: str | None,
+          seed: int | None = None) -> dict[str, Any]:
     from genpipe.training import train_family
 
-    out = train_family(_cfg(params, overrides), family, parent_run_id=parent_run_id)
+    out = train_family(_cfg(params, overrides), family, parent_run_id=parent_run_id, seed=seed)
     return {**asdict(out), "checkpoint": str(out.checkpoint)}
 
 

@@ -24,7 +24,7 @@ def test_prepare_train_evaluate_report(project):
         proc = genpipe(*args)
         assert proc.returncode == 0, proc.stderr[-2000:]
         outputs[args[0]] = proc.stdout
-    assert "trained vae: 20 steps" in outputs["train"]
+    assert "trained vae (seed 0): 20 steps" in outputs["train"]
     assert json.loads(outputs["evaluate"])["likelihood"]["estimator"] == "iwae-64"
     assert load_checkpoint(project / "models/vae/checkpoint.pt")["step"] == 20
     metrics = json.loads((project / "metrics/vae.json").read_text())

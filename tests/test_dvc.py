@@ -25,7 +25,7 @@ from tests.conftest import TINY, write_params
 
 REPO = Path(__file__).resolve().parents[1]
 # dvc.yaml's templates read these keys from params.yaml, so they must be spelled out there
-DVC_KEYS = {"families": ["vae"], "paths": {"data": "data/prepared", "models": "models", "metrics": "metrics", "figures": "figures", "reports": "reports"}}
+DVC_KEYS = {"families": ["vae"], "stability_seeds": [], "paths": {"data": "data/prepared", "models": "models", "metrics": "metrics", "figures": "figures", "reports": "reports"}}
 
 
 def params(steps: int) -> dict:

@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", parents=[common], help="train one family (in-process or on Ray Train)")
     t.add_argument("--family", required=True, help="family to train, e.g. vae")
     t.add_argument("--resume", action="store_true", help="continue from models/<family>/last.pt, same MLflow run")
+    t.add_argument("--seed", type=int, default=None,
+                   help="train only this seed: `seed` or one of `stability_seeds` (default: all of them, in turn)")
     t.add_argument("--parent-run-id", default=os.environ.get("GENPIPE_PARENT_RUN_ID"), help=argparse.SUPPRESS)
     sub.add_parser("features", parents=[common], help="train the feature network of every distribution metric")
     e = sub.add_parser("evaluate", parents=[common], help="the evaluation protocol for one family (metrics/<family>.json)")
@@ -65,9 +67,12 @@ def run(argv: Sequence[str] | None = None) -> int:
     elif args.stage == "train":
         from genpipe.training import train_family
 
-        out = train_family(cfg, args.family, resume=args.resume, parent_run_id=args.parent_run_id)
-        losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(out.losses.items()))
-        print(f"trained {out.family}: {out.step} steps in {out.seconds:.1f}s -> {out.checkpoint} (mlflow run {out.run_id}); {losses}")
+        seeds = [args.seed] if args.seed is not None else [cfg.seed, *cfg.stability_seeds]
+        for seed in seeds:
+            out = train_family(cfg, args.family, resume=args.resume, parent_run_id=args.parent_run_id, seed=seed)
+            losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(out.losses.items()))
+            print(f"trained {out.family} (seed {seed}): {out.step} steps in {out.seconds:.1f}s -> {out.checkpoint} "
+                  f"(mlflow run {out.run_id}); {losses}")
     elif args.stage == "features":
         from genpipe.evaluation.features import train_feature_net
 

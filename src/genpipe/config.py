@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, SecretStr, ValidationError, field_validator, model_validator
 
 from genpipe.errors import InputError
 
@@ -157,7 +157,7 @@ class FamilyConfig(Section):
 class VAEConfig(FamilyConfig):
     """Convolutional VAE (Kingma & Welling 2014) with a discretised-logistic decoder."""
 
-    latent_dim: int = Field(12, ge=1)  # size of z
+    latent_dim: int = Field(20, ge=1)  # size of z
     channels: tuple[int, ...] = Field((32, 64), min_length=1)  # conv widths, one per 2x downsample
     kl_weight: float = Field(1.0, gt=0.0)  # 1.0 is the ELBO; other values give a beta-VAE
     iwae_samples: int = Field(64, ge=1)  # k of the importance-weighted bound used as its likelihood
@@ -240,15 +240,18 @@ class PixelCNNSamplingConfig(Section):
 
 
 class PixelCNNConfig(FamilyConfig):
-    """Gated PixelCNN (van den Oord et al. 2016) with a 256-way softmax per sub-pixel."""
+    """Gated PixelCNN (van den Oord et al. 2016); per sub-pixel a 256-way softmax or a
+    discretised logistic mixture (Salimans et al. 2017)."""
 
     lr: float = Field(2e-2, gt=0.0, le=1.0)  # high, for a few hundred steps; ~1e-3 for long runs
     hidden_channels: int = Field(16, ge=1)  # feature maps per stack (2x that before the gates)
-    num_layers: int = Field(5, ge=1)  # gated layers, the first of mask type A
+    num_layers: int = Field(9, ge=1)  # gated layers, the first of mask type A
     first_kernel_size: int = Field(7, ge=3)  # kernel of the first (type A) layer, odd
     kernel_size: int = Field(3, ge=3)  # kernel of the type-B layers, odd
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the horizontal stack's gated output
     position_bias: Literal["rows_and_columns", "none"] = "rows_and_columns"  # learnt gate bias per row and column
+    output: Literal["categorical", "logistic_mixture"] = "logistic_mixture"  # the distribution of each sub-pixel
+    mixtures: int = Field(5, ge=1)  # output=logistic_mixture: logistic components per sub-pixel
     sampling: PixelCNNSamplingConfig = PixelCNNSamplingConfig()
 
     @field_validator("first_kernel_size", "kernel_size")
@@ -297,6 +300,9 @@ class DiffusionConfig(FamilyConfig):
 class Config(Section):
     profile: str = "quick"  # name of the entry in `profiles` to apply
     seed: int = Field(0, ge=0)
+    # extra training seeds: each family is also trained with each of these (models/<family>/seeds/<s>/),
+    # and the report gives the spread of FID over `seed` and these (training stability)
+    stability_seeds: tuple[NonNegativeInt, ...] = ()
     families: tuple[Literal["vae", "gmm", "flow", "gan", "pixelcnn", "diffusion"], ...] = Field(("vae",), min_length=1)  # trained by the pipeline
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
@@ -313,6 +319,14 @@ class Config(Section):
     pixelcnn: PixelCNNConfig = PixelCNNConfig()
     gan: GANConfig = GANConfig()
     flow: FlowConfig = FlowConfig()
+
+    @field_validator("stability_seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: tuple[int, ...], info) -> tuple[int, ...]:
+        seeds = (info.data.get("seed", 0), *v)
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"must be distinct and differ from seed ({seeds[0]})")
+        return v
 
     def family(self, name: str) -> FamilyConfig:
         """The typed section of one family, e.g. ``cfg.family("vae")``."""

@@ -97,3 +97,30 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri):
     again = evaluate_family(cfg, "vae")
     assert again["likelihood"] == ll
     assert again["quality"]["fid"] == q["fid"] and again["quality"]["kid"] == q["kid"]
+
+
+def test_stability_seeds_train_replicates_and_report_the_fid_spread(project, mlflow_uri):
+    """With stability_seeds, `genpipe train` trains a replicate per seed beside the model, and
+    evaluate scores each with the same sampling noise: the spread of FID across training seeds."""
+    from genpipe.cli import run
+
+    cfg = load_config("params.yaml", ["stability_seeds=[1]"])
+    prepare_dataset(cfg)
+    train_feature_net(cfg, progress=False)
+    assert run(["train", "--family", "vae", "-S", "stability_seeds=[1]"]) == 0  # seed 0, then seed 1
+    main, replicate = project / "models/vae/checkpoint.pt", project / "models/vae/seeds/1/checkpoint.pt"
+    assert main.exists() and replicate.exists() and sha256_file(main) != sha256_file(replicate)
+    assert json.loads((project / "models/vae/seeds/1/config.json").read_text())["seed"] == 1
+
+    metrics = evaluate_family(cfg, "vae")
+    seeds = metrics["seeds"]
+    assert seeds["training_seeds"] == [0, 1] and seeds["checkpoint_sha256"] == [sha256_file(main), sha256_file(replicate)]
+    assert seeds["fid"][0] == metrics["quality"]["fid"]  # the model itself is the first replicate
+    assert seeds["fid"][1] != seeds["fid"][0]  # another training seed, another model
+    assert seeds["fid_mean"] == pytest.approx(sum(seeds["fid"]) / 2)
+    assert seeds["fid_std"] == pytest.approx(abs(seeds["fid"][1] - seeds["fid"][0]) / math.sqrt(2))  # sd with n - 1
+
+    with pytest.raises(InputError, match=r"models/vae/seeds/2/checkpoint.pt: no vae trained with seed 2"):
+        evaluate_family(load_config("params.yaml", ["stability_seeds=[1,2]"]), "vae")
+    with pytest.raises(InputError, match="--seed 5: not one of stability_seeds"):
+        train_family(cfg, "vae", seed=5)

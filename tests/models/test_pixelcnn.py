@@ -13,7 +13,8 @@ from genpipe.errors import InputError
 from genpipe.models.base import ImageSpec
 from genpipe.models.nets.masked import channel_groups
 from genpipe.models.pixelcnn import (
-    PixelCNNConfig, PixelCNNSamplingConfig, build_pixelcnn, inverse_cdf_draw, to_levels,
+    LEVEL_VALUES, PixelCNNConfig, PixelCNNSamplingConfig, build_pixelcnn, inverse_cdf_draw, logistic_mixture_log_prob,
+    to_levels,
 )
 from tests.models.training_steps import first_and_last_loss
 
@@ -22,7 +23,8 @@ def pixelcnn(shape=(1, 8, 8), perturb: bool = True, **cfg) -> torch.nn.Module:
     """A tiny model; ``perturb`` moves every weight off its initialisation (zero-initialised
     label embeddings included) so that a zero gradient is never an accident of init."""
     torch.manual_seed(0)
-    model = build_pixelcnn(PixelCNNConfig(**{"hidden_channels": 12, "num_layers": 3, **cfg}), ImageSpec(shape, 10))
+    cfg = {"hidden_channels": 12, "num_layers": 3, "output": "categorical", **cfg}
+    model = build_pixelcnn(PixelCNNConfig(**cfg), ImageSpec(shape, 10))
     if perturb:
         with torch.no_grad():
             for p in model.parameters():
@@ -35,17 +37,18 @@ def images(n: int, shape: tuple[int, int, int], seed: int = 1) -> torch.Tensor:
     return torch.randint(0, 256, (n, *shape), generator=g).float() / 127.5 - 1.0  # the 8-bit grid
 
 
-@pytest.mark.parametrize("shape", [(1, 5, 5), (3, 4, 4)])
-def test_each_logit_depends_on_exactly_the_earlier_subpixels(shape):
+@pytest.mark.parametrize("shape,output", [((1, 5, 5), "categorical"), ((3, 4, 4), "categorical"),
+                                          ((3, 4, 4), "logistic_mixture")])
+def test_each_logit_depends_on_exactly_the_earlier_subpixels(shape, output):
     """Exhaustive: d logits[c, i] / d x is nonzero exactly at pixels < i (raster order) and at
     channels < c of pixel i. "Nonzero" shows there is no blind spot, "zero" that it is causal."""
     c, h, w = shape
-    model = pixelcnn(shape, hidden_channels=24)
+    model = pixelcnn(shape, hidden_channels=24, output=output)
     x = images(4, shape).requires_grad_(True)  # 4 images: a dead ReLU in one is not a missing edge
-    proj = torch.randn(256, generator=torch.Generator().manual_seed(2))
+    proj = torch.randn(model.per_channel, generator=torch.Generator().manual_seed(2))
     for i in range(h * w):
         for ch in range(c):
-            out = model.logits(x, None)[:, ch, :, i // w, i % w]  # (4, 256)
+            out = model.outputs(x, None)[:, ch, :, i // w, i % w]  # (4, P)
             (grad,) = torch.autograd.grad((out * proj).sum(), x)
             depends = (grad != 0).any(0).view(c, h * w)  # (C, H*W)
             allowed = torch.zeros(c, h * w, dtype=torch.bool)
@@ -87,6 +90,36 @@ def test_all_zero_logits_give_exactly_8_bits_per_dim(shape):
     assert float(model.training_losses(x, None, "model")["bpd"]) == pytest.approx(8.0, abs=1e-5)
 
 
+def test_the_logistic_mixture_is_a_distribution_over_the_256_levels():
+    """Per sub-pixel, exp(log P) over every level sums to 1 (the edge bins take the tails), and
+    the likelihood of an image is the sum of the per-level terms at its own levels."""
+    g = torch.Generator().manual_seed(0)
+    params = torch.randn(3, 2, 3 * 4, 5, 5, generator=g) * torch.tensor([1.0] * 4 + [0.7] * 4 + [1.5] * 4).view(1, 1, 12, 1, 1)
+    grid = LEVEL_VALUES.view(1, 1, 256, 1, 1).expand(3, 2, 256, 5, 5)
+    log_p = logistic_mixture_log_prob(params, grid)  # (3, 2, 256, 5, 5)
+    assert torch.allclose(log_p.logsumexp(2), torch.zeros(3, 2, 5, 5), atol=1e-4)
+    model = pixelcnn(output="logistic_mixture", mixtures=4)
+    x = images(2, (1, 8, 8))
+    out = model.outputs(x, None)
+    every = model.level_logits(out)  # (2, 1, 256, 8, 8)
+    assert torch.allclose(every.logsumexp(2), torch.zeros(2, 1, 8, 8), atol=1e-4)
+    picked = every.gather(2, to_levels(x).unsqueeze(2)).squeeze(2)
+    assert torch.allclose(model.log_prob(out, x), picked, atol=1e-4)
+    assert torch.allclose(model.log_likelihood(x).nats, picked.flatten(1).sum(1), atol=1e-3)
+
+
+def test_a_sharp_single_logistic_puts_its_mass_on_the_nearest_level():
+    """One component, mean on level 100's value, tiny scale: P(100) ~ 1; the tails go to the edges."""
+    mean = float(LEVEL_VALUES[100])
+    params = torch.tensor([0.0, mean, -7.0]).view(1, 1, 3, 1, 1)
+    log_p = logistic_mixture_log_prob(params, LEVEL_VALUES.view(1, 1, 256, 1, 1)).flatten()
+    half = (1 / 255) / math.exp(-7.0)  # the bin's half-width in scales
+    expected = 1 / (1 + math.exp(-half)) - 1 / (1 + math.exp(half))  # ~0.973
+    assert log_p.argmax() == 100 and float(log_p[100].exp()) == pytest.approx(expected, rel=1e-4)
+    wide = logistic_mixture_log_prob(torch.tensor([0.0, 0.0, 3.0]).view(1, 1, 3, 1, 1), LEVEL_VALUES.view(1, 1, 256, 1, 1))
+    assert wide.flatten()[0] > wide.flatten()[1]  # the edge bin takes the whole left tail
+
+
 def test_loss_is_the_per_dimension_negative_log_likelihood():
     model = pixelcnn()
     x = images(6, (1, 8, 8))
@@ -113,17 +146,18 @@ def test_the_samplers_row_by_row_pass_gives_the_full_networks_logits():
     model = pixelcnn((1, 10, 6), first_kernel_size=3, kernel_size=3, num_layers=3)
     assert model.reach == 3
     x = images(2, (1, 10, 6))
-    full = model.logits(x, None)  # (2, 1, 256, 10, 6)
+    full = model.outputs(x, None)  # (2, 1, 256, 10, 6)
     for i in range(10):
-        row = model.horizontal_logits(x[:, :, i : i + 1], model.row_links(x, i, None), None, i)
+        row = model.horizontal_outputs(x[:, :, i : i + 1], model.row_links(x, i, None), None, i)
         assert torch.allclose(row[:, :, :, 0], full[:, :, :, i], atol=1e-5), f"row {i}"
     short = [link[:, :, -1:] for link in model.vertical_links(x[:, :, 10 - model.reach :], None, 10 - model.reach)]
-    row = model.horizontal_logits(x[:, :, 9:], short, None, 9)  # one row too few above: reach is tight
+    row = model.horizontal_outputs(x[:, :, 9:], short, None, 9)  # one row too few above: reach is tight
     assert not torch.allclose(row[:, :, :, 0], full[:, :, :, 9], atol=1e-3)
 
 
-def test_sampling_is_deterministic_for_a_seed_and_follows_the_temperature():
-    model = pixelcnn((3, 4, 4))
+@pytest.mark.parametrize("output", ["categorical", "logistic_mixture"])
+def test_sampling_is_deterministic_for_a_seed_and_follows_the_temperature(output):
+    model = pixelcnn((3, 4, 4), output=output)
     g = lambda s: torch.Generator().manual_seed(s)  # noqa: E731
     cold = PixelCNNSamplingConfig(temperature=0.7)
     a, b = model.sample(6, generator=g(3), options=cold), model.sample(6, generator=g(3), options=cold)
@@ -133,8 +167,9 @@ def test_sampling_is_deterministic_for_a_seed_and_follows_the_temperature():
     assert not torch.equal(a, model.sample(6, generator=g(3)))  # the config's T = 1 differs
 
 
-def test_colder_samples_are_more_likely_under_the_model():
-    model = pixelcnn((1, 6, 6))
+@pytest.mark.parametrize("output", ["categorical", "logistic_mixture"])
+def test_colder_samples_are_more_likely_under_the_model(output):
+    model = pixelcnn((1, 6, 6), output=output)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     cold = model.sample(32, generator=g(), options=PixelCNNSamplingConfig(temperature=0.3))
     warm = model.sample(32, generator=g(), options=PixelCNNSamplingConfig(temperature=1.0))
@@ -144,10 +179,10 @@ def test_colder_samples_are_more_likely_under_the_model():
 def test_conditional_logits_change_with_the_label():
     model = pixelcnn(conditional=True)
     x = images(2, (1, 8, 8))
-    three = model.logits(x, torch.tensor([3, 3]))
-    seven = model.logits(x, torch.tensor([7, 7]))
+    three = model.outputs(x, torch.tensor([3, 3]))
+    seven = model.outputs(x, torch.tensor([7, 7]))
     assert not torch.allclose(three, seven, atol=1e-3)
-    assert torch.equal(three, model.logits(x, torch.tensor([3, 3])))
+    assert torch.equal(three, model.outputs(x, torch.tensor([3, 3])))
     # p(x) without labels: the exact marginal under a uniform class prior
     assert model.log_likelihood(x, torch.tensor([3, 3])).estimator == "autoregressive-given-label"
     per_class = torch.stack([model.log_likelihood(x, torch.full((2,), y)).nats for y in range(10)])
@@ -183,8 +218,9 @@ def test_bad_settings_are_refused():
         build_pixelcnn(PixelCNNConfig(hidden_channels=2), ImageSpec((3, 8, 8), 10))
 
 
-def test_a_few_steps_learn_something():
-    model = pixelcnn(perturb=False).train()
+@pytest.mark.parametrize("output", ["categorical", "logistic_mixture"])
+def test_a_few_steps_learn_something(output):
+    model = pixelcnn(perturb=False, output=output).train()
     x = (images(32, (1, 8, 8)) > 0.4).float() * 2 - 1  # sparse binary images: two levels used
     first, last = first_and_last_loss(model, x, lr=5e-3, steps=40)
     assert last < 0.5 * first

@@ -178,6 +178,8 @@ def _rows(metrics: dict, real: dict) -> list[dict[str, Any]]:
             "bpd_kind": None if ll is None else ("exact" if ll["kind"] == "exact" else "bound"),
             "images_per_s": sp["images_per_s"], "nfe": sp["nfe"],
             "train_s": tr.get("seconds"), "steps": tr.get("steps"),
+            "fid_seeds": _seed_spread(m.get("seeds")),
+            "fid_seed_mean": (m.get("seeds") or {}).get("fid_mean"), "fid_seed_std": (m.get("seeds") or {}).get("fid_std"),
             "n": q["num_samples"], "seed": q.get("seed"), "checkpoint": m["checkpoint_sha256"][:12],
         })
         for r in m.get("sweep") or []:
@@ -193,6 +195,13 @@ def _rows(metrics: dict, real: dict) -> list[dict[str, Any]]:
     return rows
 
 
+def _seed_spread(seeds: dict | None) -> str | None:
+    """FID over the training seeds as "mean ± sd (n seeds)", or None without replicates."""
+    if not seeds:
+        return None
+    return f"{seeds['fid_mean']:.3g} ± {seeds['fid_std']:.2g} ({len(seeds['fid'])} seeds)"
+
+
 def _sampler_name(s: dict) -> str:
     if not s:
         return "—"
@@ -206,7 +215,8 @@ COLUMNS = [  # (key, header)
     ("recall", "recall ↑"), ("density", "density"), ("coverage", "coverage ↑"), ("is", "IS ↑"),
     ("classes", "classes"), ("class_kl", "class KL ↓"), ("sharpness", "sharpness / real"),
     ("nn_ratio", "NN-dist ratio"), ("bpd", "bits/dim ↓"), ("images_per_s", "images/s ↑"), ("nfe", "NFE"),
-    ("train_s", "train s"), ("steps", "steps"), ("n", "n"), ("checkpoint", "checkpoint"),
+    ("train_s", "train s"), ("steps", "steps"), ("fid_seeds", "FID over training seeds"), ("n", "n"),
+    ("checkpoint", "checkpoint"),
 ]
 
 
@@ -233,8 +243,15 @@ def verdict(metrics: dict[str, dict[str, Any]], losses: dict) -> list[str]:
             mean = sum(tail) / len(tail)
             sd = (sum((v - mean) ** 2 for v in tail) / len(tail)) ** 0.5
             lines.append(f"'GANs are unstable': over the second half of training the discriminator loss has mean "
-                         f"{mean:.3g} and standard deviation {sd:.3g} (one seed; the spread across seeds is not measured "
-                         "by the quick profile).")
+                         f"{mean:.3g} and standard deviation {sd:.3g}.")
+        seeds = {f: m["seeds"] for f, m in metrics.items() if m.get("seeds")}
+        if "gan" in seeds and len(seeds) > 1:
+            cv = {f: s["fid_std"] / s["fid_mean"] for f, s in seeds.items()}
+            order = sorted(cv, key=cv.get, reverse=True)
+            lines.append("FID spread across training seeds (sd / mean): " + ", ".join(f"{f} {cv[f]:.2f}" for f in order)
+                         + f" — the GAN's is **{'the largest' if order[0] == 'gan' else 'not the largest'}**.")
+        elif not seeds:
+            lines.append("The spread of FID across training seeds is not measured (one seed; set `stability_seeds`).")
         lines.append(f"GAN diversity: recall {q['gan']['recall']:.2f}, coverage {q['gan']['coverage']:.2f}, "
                      f"{q['gan'].get('classes_covered', '—')} classes covered, class KL {_fmt(q['gan'].get('class_kl'))}.")
     if "vae" in q:
@@ -286,7 +303,8 @@ def write_report(cfg: Config) -> dict[str, Any]:
     atomic_write_bytes(folder / "comparison.html", _html(rows, lines, plots, grids, provenance, folder).encode())
 
     summary = {r["model"] if not r.get("sweep") else f"{r['model']}/{r['sampler']}":
-               {k: r.get(k) for k, _ in COLUMNS if k not in ("model", "sampler", "checkpoint") and r.get(k) is not None}
+               {k: r.get(k) for k in [*(k for k, _ in COLUMNS), "fid_seed_mean", "fid_seed_std"]
+                if k not in ("model", "sampler", "checkpoint", "fid_seeds") and r.get(k) is not None}
                for r in rows}
     mdir = folder
     atomic_write_bytes(mdir / "comparison.json", (json.dumps(summary, indent=2) + "\n").encode())

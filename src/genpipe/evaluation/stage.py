@@ -5,7 +5,8 @@ For the trained family: the held-out likelihood (bits/dim, exact or a bound, sai
 (:mod:`genpipe.evaluation.quality`: FID, KID, precision/recall, density/coverage,
 Inception-style score and class histogram, memorisation, sharpness) in the features of the
 extractor named in the result; sampling cost (:mod:`genpipe.evaluation.speed`); training cost
-(steps and wall-clock of the checkpoint); for diffusion, the sampler sweep
+(steps and wall-clock of the checkpoint); with ``stability_seeds``, FID of the replicates
+trained with those seeds and its spread; for diffusion, the sampler sweep
 (``evaluate.diffusion_sweep``: FID against NFE).
 
 Writes ``metrics/<family>.json`` (a DVC metric; the sweep's rows too), ``figures/<family>/`` (the sample grid; for families with a latent
@@ -32,7 +33,7 @@ from genpipe.evaluation.grid import make_grid
 from genpipe.models import get_family, sampling_options
 from genpipe.models.base import LatentModel, network_evaluations
 from genpipe.storage import atomic_write_bytes, sha256_file
-from genpipe.training.checkpoint import FINAL, family_dir, load_model
+from genpipe.training.checkpoint import FINAL, family_dir, load_model, seed_dir
 
 
 def load_trained(cfg: Config, family: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -109,6 +110,8 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
         uri = tracking.tracking_uri()
         scalars = {f"eval/{k}": v for k, v in metrics["quality"].items() if isinstance(v, (int, float))}
         scalars |= {"eval/images_per_s": metrics["speed"]["images_per_s"], "eval/nfe": metrics["speed"]["nfe"]}
+        if "seeds" in metrics:
+            scalars |= {"eval/fid_seed_mean": metrics["seeds"]["fid_mean"], "eval/fid_seed_std": metrics["seeds"]["fid_std"]}
         if likelihood is not None:
             scalars |= {"test_nll_nats": likelihood["nll_nats"], "test_bits_per_dim": likelihood["bits_per_dim"]}
         tracking.log_metrics(run_id, scalars, step=state["step"], uri=uri)
@@ -146,9 +149,35 @@ def protocol_metrics(cfg: Config, family: str, model: torch.nn.Module, options: 
         "training": {"steps": state["step"], "seconds": state.get("train_seconds"),
                      "world_size": state.get("meta", {}).get("world_size")},
     }
+    if cfg.stability_seeds:
+        out["seeds"] = seed_spread(cfg, family, options, extractor, ref, quality["fid"])
     if family == "diffusion" and e.diffusion_sweep:
         out["sweep"] = sampler_sweep(cfg, model, options, extractor, ref)
     return out
+
+
+def seed_spread(cfg: Config, family: str, options: Any, extractor: Any, ref: Any, fid: float) -> dict[str, Any]:
+    """FID of the model trained with ``seed`` (``fid``, already measured) and of each replicate
+    trained with one of ``stability_seeds``, all sampled with the same noise seed and sample
+    count; their mean and standard deviation (n - 1) are the spread across training seeds."""
+    from genpipe.evaluation import metrics as M
+
+    e, card = cfg.evaluate, read_card(cfg.paths.data)
+    fids, shas = [fid], [sha256_file(family_dir(cfg.paths.models, family) / FINAL)]
+    for s in cfg.stability_seeds:
+        path = seed_dir(cfg.paths.models, family, s) / FINAL
+        if not path.exists():
+            raise InputError(f"{path}: no {family} trained with seed {s} (stability_seeds); "
+                             f"run `genpipe train --family {family} --seed {s}`")
+        replicate, _ = load_model(path, card["shape"], card["num_classes"], "cpu")
+        images, _ = generate_images(replicate, e.num_samples, options, cfg.seed, e.batch_size)
+        fids.append(M.frechet_distance(ref.train_features, extractor.features(images, e.batch_size)))
+        shas.append(sha256_file(path))
+    mean = sum(fids) / len(fids)
+    std = math.sqrt(sum((f - mean) ** 2 for f in fids) / (len(fids) - 1))
+    return {"training_seeds": [cfg.seed, *cfg.stability_seeds], "fid": fids, "fid_mean": mean, "fid_std": std,
+            "num_samples": e.num_samples, "sampling_seed": cfg.seed, "extractor_id": extractor.id,
+            "checkpoint_sha256": shas}
 
 
 def sampler_sweep(cfg: Config, model: torch.nn.Module, base: Any, extractor: Any, ref: Any) -> list[dict[str, Any]]:

@@ -7,7 +7,13 @@ The image is factorised in raster order, channel by channel inside a pixel (eq. 
 
     p(x | y) = prod_{i=1}^{H W} prod_{c=1}^{C} p(x_{i,c} | x_{<i}, x_{i,<c}, y)
 
-and each factor is a 256-way softmax over the 8-bit levels. The network
+and each factor is either a 256-way softmax over the 8-bit levels (``output: categorical``,
+the paper's) or a mixture of discretised logistics (``output: logistic_mixture``,
+Salimans et al. 2017, "PixelCNN++", https://arxiv.org/abs/1701.05517, eq. 2), which puts
+nearby levels close together by construction: 3 numbers per component instead of 256
+free logits, so it learns the ordering of intensities instead of having to find it in the
+data. Inside a pixel the channels stay autoregressive through the masks (no linear
+channel coupling as in PixelCNN++). The network
 (:mod:`genpipe.models.nets.masked`) is a first gated layer of mask type A (the current
 sub-pixel hidden) followed by type-B gated layers with vertical and horizontal stacks
 (no blind spot) and residual connections in the horizontal stack. A conditional model
@@ -15,7 +21,7 @@ adds a learnt class embedding as a bias to every gate (eq. 4); every model also 
 learnt bias per row and per column (eq. 5 with the coordinates as the spatial map), so
 that a gate whose causal reach ends above the digit still knows where it is.
 
--log p(x) is a sum of exact cross-entropies over the 256 levels, so the log-likelihood is
+Either way -log p(x) is a sum of exact code lengths over the 256 levels, so the log-likelihood is
 exact and bits/dim need no dequantisation correction. Training is one parallel pass
 (teacher forcing). Sampling is sequential: per row, one pass of the vertical stack over
 the rows within reach above it; per sub-pixel, one pass of the horizontal stack over that
@@ -34,6 +40,7 @@ from torch import nn
 from genpipe.config import PixelCNNSamplingConfig, PixelCNNConfig
 from genpipe.errors import InputError
 from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup
+from genpipe.models.distributions import discretized_logistic_log_prob
 from genpipe.models.nets.masked import GatedLayer, channel_groups, pointwise_conv
 
 LEVELS = 256  # 8-bit sub-pixels
@@ -48,6 +55,26 @@ def categorical_log_prob(logits: torch.Tensor, levels: torch.Tensor) -> torch.Te
     """log softmax(logits)[level] per sub-pixel: logits (B, C, 256, H, W), levels (B, C, H, W)."""
     log_p = F.log_softmax(logits.float(), dim=2)
     return log_p.gather(2, levels.unsqueeze(2)).squeeze(2)  # (B, C, H, W)
+
+
+LEVEL_VALUES = torch.arange(LEVELS, dtype=torch.float32) / 127.5 - 1.0  # level k as a pixel in [-1, 1]
+MIN_LOG_SCALE = -7.0  # PixelCNN++'s floor on a logistic's log scale
+
+
+def logistic_mixture_log_prob(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log P(x) under a mixture of discretised logistics.
+
+    params (B, C, 3M, H, W): M mixture logits, M means, M log scales per sub-pixel;
+    x (B, C, K, H, W) levels as pixels in [-1, 1] (K = 1 for the data, 256 for every level)
+    -> (B, C, K, H, W).
+    """
+    m = params.shape[2] // 3
+    params = params.float()
+    log_pi = F.log_softmax(params[:, :, :m], dim=2).unsqueeze(2)  # (B, C, 1, M, H, W)
+    mean = params[:, :, m : 2 * m].unsqueeze(2)
+    log_scale = params[:, :, 2 * m :].clamp_min(MIN_LOG_SCALE).unsqueeze(2)
+    per_component = discretized_logistic_log_prob(x.unsqueeze(3), mean, log_scale)  # (B, C, K, M, H, W)
+    return torch.logsumexp(log_pi + per_component, dim=3)
 
 
 def inverse_cdf_draw(logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -74,17 +101,32 @@ class PixelCNN(nn.Module):
             + [GatedLayer(n, n, cfg.kernel_size, "B", c, classes, size, cfg.dropout) for _ in range(cfg.num_layers - 1)]
         )
         hidden = channel_groups(n, c)
+        self.per_channel = LEVELS if cfg.output == "categorical" else 3 * cfg.mixtures  # head outputs per sub-pixel
         self.head = nn.Sequential(
             nn.ReLU(), pointwise_conv(n, n, hidden, hidden),
-            nn.ReLU(), pointwise_conv(n, c * LEVELS, hidden, torch.arange(c).repeat_interleave(LEVELS)),
+            nn.ReLU(), pointwise_conv(n, c * self.per_channel, hidden, torch.arange(c).repeat_interleave(self.per_channel)),
         )
         # rows above that the output at a row can see: what the sampler must keep in view
         self.reach = cfg.first_kernel_size // 2 + (cfg.num_layers - 1) * (cfg.kernel_size // 2)
 
-    def logits(self, x: torch.Tensor, labels: torch.Tensor | None, top: int = 0) -> torch.Tensor:
-        """x (B, C, R, W) in [-1, 1], image rows top..top+R-1 -> logits (B, C, 256, R, W);
-        logits[..., i] see only the sub-pixels of x before i (and ``labels``)."""
-        return self.horizontal_logits(x, self.vertical_links(x, labels, top), labels, top)
+    def outputs(self, x: torch.Tensor, labels: torch.Tensor | None, top: int = 0) -> torch.Tensor:
+        """x (B, C, R, W) in [-1, 1], image rows top..top+R-1 -> the head's output
+        (B, C, P, R, W), P = 256 logits or 3M mixture parameters per sub-pixel;
+        outputs[..., i] see only the sub-pixels of x before i (and ``labels``)."""
+        return self.horizontal_outputs(x, self.vertical_links(x, labels, top), labels, top)
+
+    def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x_i | x_<i) per sub-pixel (B, C, H, W) from the head's output for images x."""
+        if self.cfg.output == "categorical":
+            return categorical_log_prob(out, to_levels(x))
+        return logistic_mixture_log_prob(out, to_levels(x).unsqueeze(2).float() / 127.5 - 1.0).squeeze(2)
+
+    def level_logits(self, out: torch.Tensor) -> torch.Tensor:
+        """Unnormalised log-probabilities of all 256 levels, (B, C, 256, ...), from the head's output."""
+        if self.cfg.output == "categorical":
+            return out
+        grid = LEVEL_VALUES.to(out.device).view(1, 1, LEVELS, *([1] * (out.dim() - 3)))
+        return logistic_mixture_log_prob(out, grid.expand(out.shape[0], out.shape[1], LEVELS, *out.shape[3:]))
 
     def vertical_links(self, x: torch.Tensor, labels: torch.Tensor | None, top: int = 0) -> list[torch.Tensor]:
         """The vertical stack's input to the horizontal stack, per layer (B, 2n, R, W).
@@ -102,15 +144,15 @@ class PixelCNN(nn.Module):
         top = max(0, i - self.reach)
         return [link[:, :, -1:] for link in self.vertical_links(x[:, :, top : i + 1], labels, top)]
 
-    def horizontal_logits(self, x: torch.Tensor, links: list[torch.Tensor], labels: torch.Tensor | None,
-                          top: int = 0) -> torch.Tensor:
-        """The horizontal stack and the head: x (B, C, R, W) and ``links`` -> (B, C, 256, R, W)."""
+    def horizontal_outputs(self, x: torch.Tensor, links: list[torch.Tensor], labels: torch.Tensor | None,
+                           top: int = 0) -> torch.Tensor:
+        """The horizontal stack and the head: x (B, C, R, W) and ``links`` -> (B, C, P, R, W)."""
         rows = slice(top, top + x.shape[2])
         h = x
         for layer, link in zip(self.layers, links):
             h = layer.horizontal_step(h, link, labels, rows)
         b, c, height, width = x.shape
-        return self.head(h).view(b, c, LEVELS, height, width)
+        return self.head(h).view(b, c, self.per_channel, height, width)
 
     def _labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         """The labels the network sees: None for an unconditional model."""
@@ -122,7 +164,7 @@ class PixelCNN(nn.Module):
         return {"model": OptimizerGroup(list(self.parameters()), c.lr, c.betas, c.weight_decay)}
 
     def training_losses(self, x: torch.Tensor, labels: torch.Tensor | None, phase: str) -> dict[str, torch.Tensor]:
-        nll = -categorical_log_prob(self.logits(x, self._labels(labels)), to_levels(x)).mean()  # nats/dim
+        nll = -self.log_prob(self.outputs(x, self._labels(labels)), x).mean()  # nats/dim
         return {"loss": nll, "bpd": (nll / math.log(2)).detach()}
 
     @torch.no_grad()
@@ -133,16 +175,16 @@ class PixelCNN(nn.Module):
         A conditional model without labels gives the exact marginal under a uniform class
         prior: log p(x) = logsumexp_y log p(x | y) - log K.
         """
-        levels = to_levels(x)
         if not self.cfg.conditional:
-            nats = categorical_log_prob(self.logits(x, None), levels).flatten(1).sum(1)  # (B,)
+            nats = self.log_prob(self.outputs(x, None), x).flatten(1).sum(1)  # (B,)
             return LogLikelihood(nats=nats, kind="exact", estimator="autoregressive")
         if labels is not None:
-            nats = categorical_log_prob(self.logits(x, labels), levels).flatten(1).sum(1)  # (B,)
+            nats = self.log_prob(self.outputs(x, labels), x).flatten(1).sum(1)  # (B,)
             return LogLikelihood(nats=nats, kind="exact", estimator="autoregressive-given-label")
         k = self.spec.num_classes
         per_class = torch.stack([
-            categorical_log_prob(self.logits(x, torch.full_like(levels[:, 0, 0, 0], y)), levels).flatten(1).sum(1)
+            self.log_prob(self.outputs(x, torch.full((x.shape[0],), y, dtype=torch.long, device=x.device)), x)
+            .flatten(1).sum(1)
             for y in range(k)
         ])  # (K, B)
         nats = torch.logsumexp(per_class, dim=0) - math.log(k)
@@ -162,7 +204,8 @@ class PixelCNN(nn.Module):
             links = self.row_links(x, i, y)  # the vertical stack: once per row
             for j in range(width):
                 for ch in range(c):
-                    logits = self.horizontal_logits(x[:, :, i : i + 1], links, y, i)[:, ch, :, 0, j]  # (n, 256)
+                    out = self.horizontal_outputs(x[:, :, i : i + 1], links, y, i)[:, ch : ch + 1, :, 0, j]  # (n, 1, P)
+                    logits = self.level_logits(out)[:, 0]  # (n, 256)
                     level = inverse_cdf_draw(logits, u[:, ch, i, j], opts.temperature)
                     x[:, ch, i, j] = level.float() / 127.5 - 1.0
         return x.clamp(-1.0, 1.0)
@@ -196,5 +239,6 @@ FAMILY = Family(
     name="pixelcnn",
     config_type=PixelCNNConfig,
     build=build_pixelcnn,
-    summary="gated PixelCNN, 256-way softmax per sub-pixel; likelihood: exact (autoregressive)",
+    summary="gated PixelCNN, 256-way softmax or discretised logistic mixture per sub-pixel; "
+            "likelihood: exact (autoregressive)",
 )

@@ -10,7 +10,9 @@ Contents (plain tensors, dicts, lists, strings and numbers only)::
     meta                           mlflow_run_id, dataset_sha256, world_size, git_commit, ...
 
 ``models/<family>/last.pt`` is the latest checkpoint of a run in progress;
-``models/<family>/checkpoint.pt`` appears only when a run has finished.
+``models/<family>/checkpoint.pt`` appears only when a run has finished. Replicates trained
+with the extra ``stability_seeds`` (only to measure the spread of FID across seeds) live in
+``models/<family>/seeds/<seed>/`` with the same files.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ CONFIG = "config.json"
 
 def family_dir(models_dir: Path | str, family: str) -> Path:
     return Path(models_dir) / family
+
+
+def seed_dir(models_dir: Path | str, family: str, seed: int) -> Path:
+    """Where a replicate trained with one of ``stability_seeds`` lives (same layout inside)."""
+    return family_dir(models_dir, family) / "seeds" / str(int(seed))
 
 
 def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:

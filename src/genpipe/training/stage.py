@@ -31,6 +31,7 @@ from genpipe.training.checkpoint import (
     load_checkpoint,
     rng_state,
     save_checkpoint,
+    seed_dir,
     write_config_json,
 )
 from genpipe.training.loop import SAMPLE_GRID, Checkpointer, LoopResult, TrainLogger, World, train_loop
@@ -143,24 +144,34 @@ def _check_inputs(cfg: Config, family: str, card: dict) -> None:
 
 
 def train_family(
-    cfg: Config, family: str, *, resume: bool = False, parent_run_id: str | None = None
+    cfg: Config, family: str, *, resume: bool = False, parent_run_id: str | None = None, seed: int | None = None
 ) -> TrainOutcome:
-    """Train ``family`` on the prepared dataset; returns where the checkpoint went."""
+    """Train ``family`` on the prepared dataset; returns where the checkpoint went.
+
+    ``seed`` other than ``cfg.seed`` (one of ``stability_seeds``) trains a replicate with
+    that seed into ``models/<family>/seeds/<seed>/``, everything else the same.
+    """
     from genpipe import tracking
 
     get_family(family)
     card = read_card(cfg.paths.data)
     _check_inputs(cfg, family, card)
-    out_dir = family_dir(cfg.paths.models, family)
+    replicate = seed is not None and seed != cfg.seed
+    if replicate:
+        if seed not in cfg.stability_seeds:
+            raise InputError(f"--seed {seed}: not one of stability_seeds {list(cfg.stability_seeds)} (nor seed {cfg.seed})")
+        cfg = cfg.model_copy(update={"seed": seed, "stability_seeds": ()})  # a config of its own, still valid
+    out_dir = seed_dir(cfg.paths.models, family, seed) if replicate else family_dir(cfg.paths.models, family)
     resume_state = _resume_state(cfg, family, out_dir) if resume else None
     uri = tracking.tracking_uri()
-    run_name = f"{family}-{card['source']}"
+    run_name = f"{family}-{card['source']}" + (f"-seed{seed}" if replicate else "")
     if resume_state is not None:
         run_id = resume_state["meta"]["mlflow_run_id"]
         tracking.client(uri).update_run(run_id, status="RUNNING")
     else:
         params = tracking.flatten_params({k: cfg.to_dict()[k] for k in ("profile", "seed", "data", "train", family)})
-        tags = {"genpipe.family": family, "genpipe.dataset_sha256": card["sha256"], "genpipe.git_commit": tracking.git_commit()}
+        tags = {"genpipe.family": family, "genpipe.dataset_sha256": card["sha256"], "genpipe.git_commit": tracking.git_commit(),
+                "genpipe.role": "stability-replicate" if replicate else "model"}
         run_id = tracking.start_run(cfg.tracking.experiment, run_name, params, tags, parent_run_id, uri)
     meta = {
         "family": family,

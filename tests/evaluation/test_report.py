@@ -1,0 +1,43 @@
+"""The report's verdict is computed from the numbers: each claim can come out either way."""
+
+from __future__ import annotations
+
+from genpipe.evaluation.report import _seed_spread, verdict
+
+
+def family(fid: float, sharp: float = 1.0, ips: float = 100.0, bpd: float | None = None, seed_fids=None) -> dict:
+    m = {
+        "quality": {"fid": fid, "recall": 0.5, "coverage": 0.5, "classes_covered": 10, "class_kl": 0.01,
+                    "sharpness_ratio": sharp},
+        "speed": {"images_per_s": ips, "nfe": 1},
+        "likelihood": None if bpd is None else {"bits_per_dim": bpd},
+    }
+    if seed_fids:
+        mean = sum(seed_fids) / len(seed_fids)
+        sd = (sum((f - mean) ** 2 for f in seed_fids) / (len(seed_fids) - 1)) ** 0.5
+        m["seeds"] = {"fid": seed_fids, "fid_mean": mean, "fid_std": sd}
+    return m
+
+
+def test_the_orderings_are_checked_not_asserted():
+    good = verdict({"diffusion": family(2.0, bpd=3.0), "gan": family(5.0), "vae": family(9.0, sharp=0.5, bpd=4.0),
+                    "gmm": family(10.0, bpd=3.5)}, {})
+    text = "\n".join(good)
+    assert "'Diffusion gives the best quality': **holds**" in text
+    assert "'VAEs are blurry': VAE sample sharpness is 0.50× " in text and "**holds** (threshold 0.8)" in text
+    assert "Not beating the Gaussian mixture (3.500): vae." in text
+    assert "not measured (one seed; set `stability_seeds`)" in text
+
+    bad = "\n".join(verdict({"diffusion": family(8.0), "gan": family(5.0), "vae": family(4.0, sharp=0.95)}, {}))
+    assert "'Diffusion gives the best quality': **does not hold** here (diffusion ranks 3 of 3" in bad
+    assert "**does not hold** (threshold 0.8)" in bad
+
+
+def test_the_fid_spread_across_training_seeds_names_the_least_stable_family():
+    unstable_gan = {"gan": family(5.0, seed_fids=[5.0, 9.0, 3.0]), "vae": family(9.0, seed_fids=[9.0, 9.5, 8.8])}
+    line = next(x for x in verdict(unstable_gan, {}) if x.startswith("FID spread"))
+    assert line.index("gan") < line.index("vae") and "the GAN's is **the largest**" in line
+    stable_gan = {"gan": family(5.0, seed_fids=[5.0, 5.1, 4.9]), "vae": family(9.0, seed_fids=[9.0, 14.0, 6.0])}
+    assert "the GAN's is **not the largest**" in "\n".join(verdict(stable_gan, {}))
+    assert _seed_spread(unstable_gan["gan"]["seeds"]) == "5.67 ± 3.1 (3 seeds)"
+    assert _seed_spread(None) is None
