@@ -80,14 +80,14 @@ class FeaturesConfig(Section):
     """The feature network of every distribution metric (FID, KID, PR, DC, IS, class histogram).
 
     ``domain``: a small CNN classifier trained on the prepared train split (its own DVC stage);
-    ``inception``: torch-fidelity's Inception-v3 with weights from a local file the user supplies.
+    ``inception``: Inception-v3 in the FID configuration (plain torch), weights from a local file the user supplies.
     """
 
     extractor: Literal["domain", "inception"] = "domain"
     inception_weights: Path | None = None  # local pt_inception-2015-12-05 weights (extractor=inception)
     width: int = Field(32, ge=4)  # channels of the classifier's first conv block (doubled per block)
     feature_dim: int = Field(64, ge=2)  # penultimate width: the features' dimension
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(800, ge=1)
     batch_size: int = Field(64, ge=1)
     lr: float = Field(2e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)

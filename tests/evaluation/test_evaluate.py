@@ -124,3 +124,37 @@ def test_stability_seeds_train_replicates_and_report_the_fid_spread(project, mlf
         evaluate_family(load_config("params.yaml", ["stability_seeds=[1,2]"]), "vae")
     with pytest.raises(InputError, match="--seed 5: not one of stability_seeds"):
         train_family(cfg, "vae", seed=5)
+
+
+def test_diffusion_sampler_sweep_rows_and_the_reused_main_setting(in_trained):
+    """Each sweep entry overrides diffusion.sampling; its row names sampler, NFE, sample count and
+    extractor. The entry equal to the main setting scores the main evaluation's first images
+    (the same numbers as scoring them directly); a bad entry is an error naming it."""
+    from genpipe.evaluation import metrics as M
+    from genpipe.evaluation.features import load_extractor
+    from genpipe.evaluation.quality import load_reference
+    from genpipe.evaluation.stage import generate_images, sampler_sweep
+    from genpipe.models import ImageSpec, get_family, sampling_options
+
+    overrides = ["diffusion.timesteps=20", "diffusion.channels=8", "diffusion.channel_mults=[1,2]",
+                 "diffusion.attention_levels=[]", "diffusion.sampling.steps=5", "evaluate.sweep_samples=24",
+                 "evaluate.diffusion_sweep=[{sampler: ddim, steps: 5}, {sampler: dpm_solver++, steps: 4}, {sampler: ddpm}]"]
+    cfg = load_config("params.yaml", overrides)
+    torch.manual_seed(0)
+    model = get_family("diffusion").build(cfg.diffusion, ImageSpec((1, 8, 8), 10)).eval()  # untrained: any net will do
+    extractor = load_extractor(cfg)
+    ref = load_reference(cfg, extractor)
+    base = sampling_options(cfg, "diffusion")
+    main = generate_images(model, 40, base, cfg.seed, 16)
+    rows = sampler_sweep(cfg, model, base, extractor, ref, main)
+    assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows] == [("ddim", 5, 5), ("dpm_solver++", 4, 4), ("ddpm", None, 20)]
+    assert all(r["num_samples"] == 24 and r["extractor_id"] == extractor.id and r["seed"] == 0 for r in rows)
+    assert rows[0]["fid"] == M.frechet_distance(ref.train_features, extractor.features(main[0][:24], 16))
+    assert rows[0]["fid"] != rows[1]["fid"] != rows[2]["fid"]
+
+    bad = load_config("params.yaml", [*overrides[:-1], "evaluate.diffusion_sweep=[{sampler: ddim, steps: 50}]"])
+    with pytest.raises(InputError, match=r"evaluate.diffusion_sweep\[0\]: .*steps=50 exceeds timesteps=20"):
+        sampler_sweep(bad, model, base, extractor, ref, main)
+    bad = load_config("params.yaml", [*overrides[:-1], "evaluate.diffusion_sweep=[{sampler: ddim}, {sampler: euler}]"])
+    with pytest.raises(InputError, match=r"evaluate.diffusion_sweep\[1\]: sampler: Input should be 'ddpm', 'ddim'"):
+        sampler_sweep(bad, model, base, extractor, ref, main)

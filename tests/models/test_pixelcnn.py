@@ -102,10 +102,15 @@ def test_the_logistic_mixture_is_a_distribution_over_the_256_levels():
     x = images(2, (1, 8, 8))
     out = model.outputs(x, None)
     every = model.level_logits(out)  # (2, 1, 256, 8, 8)
-    assert torch.allclose(every.logsumexp(2), torch.zeros(2, 1, 8, 8), atol=1e-4)
+    assert torch.allclose(every.logsumexp(2), torch.zeros(2, 1, 8, 8, dtype=torch.float64), atol=1e-9)
+    # the sampler's levels (CDF differences, float64) and the likelihood's (per-bin, with the
+    # PixelCNN++ density fallback for bins under 1e-5) are one distribution
+    full = logistic_mixture_log_prob(out, LEVEL_VALUES.view(1, 1, 256, 1, 1).expand(2, 1, 256, 8, 8)).double()
+    assert torch.allclose(every.exp(), full.exp(), atol=1e-5)
     picked = every.gather(2, to_levels(x).unsqueeze(2)).squeeze(2)
-    assert torch.allclose(model.log_prob(out, x), picked, atol=1e-4)
-    assert torch.allclose(model.log_likelihood(x).nats, picked.flatten(1).sum(1), atol=1e-3)
+    assert torch.allclose(model.log_prob(out, x).double(), picked, atol=1e-3)
+    assert torch.allclose(model.log_likelihood(x).nats.double(), full.gather(2, to_levels(x).unsqueeze(2)).flatten(1).sum(1),
+                          atol=1e-3)
 
 
 def test_a_sharp_single_logistic_puts_its_mass_on_the_nearest_level():
@@ -153,6 +158,16 @@ def test_the_samplers_row_by_row_pass_gives_the_full_networks_logits():
     short = [link[:, :, -1:] for link in model.vertical_links(x[:, :, 10 - model.reach :], None, 10 - model.reach)]
     row = model.horizontal_outputs(x[:, :, 9:], short, None, 9)  # one row too few above: reach is tight
     assert not torch.allclose(row[:, :, :, 0], full[:, :, :, 9], atol=1e-3)
+    # and per pixel, the horizontal stack on the `reach` columns to its left alone
+    i = 7
+    links = model.row_links(x, i, None)
+    for j in range(6):
+        left = max(0, j - model.reach)
+        cut = model.horizontal_outputs(x[:, :, i : i + 1, left : j + 1], [k[..., left : j + 1] for k in links], None, i, left)
+        assert torch.allclose(cut[..., 0, -1], full[..., i, j], atol=1e-5), f"column {j}"
+    j = 5  # one column too few on the left: reach is tight here too
+    cut = model.horizontal_outputs(x[:, :, i : i + 1, j - 2 : j + 1], [k[..., j - 2 : j + 1] for k in links], None, i, j - 2)
+    assert not torch.allclose(cut[..., 0, -1], full[..., i, j], atol=1e-3)
 
 
 @pytest.mark.parametrize("output", ["categorical", "logistic_mixture"])

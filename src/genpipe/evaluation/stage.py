@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from genpipe.config import Config
 from genpipe.data import load_split, read_card, to_model_range, to_uint8
@@ -152,7 +153,7 @@ def protocol_metrics(cfg: Config, family: str, model: torch.nn.Module, options: 
     if cfg.stability_seeds:
         out["seeds"] = seed_spread(cfg, family, options, extractor, ref, quality["fid"])
     if family == "diffusion" and e.diffusion_sweep:
-        out["sweep"] = sampler_sweep(cfg, model, options, extractor, ref)
+        out["sweep"] = sampler_sweep(cfg, model, options, extractor, ref, (images, gen_seconds))
     return out
 
 
@@ -180,19 +181,31 @@ def seed_spread(cfg: Config, family: str, options: Any, extractor: Any, ref: Any
             "checkpoint_sha256": shas}
 
 
-def sampler_sweep(cfg: Config, model: torch.nn.Module, base: Any, extractor: Any, ref: Any) -> list[dict[str, Any]]:
+def sampler_sweep(cfg: Config, model: torch.nn.Module, base: Any, extractor: Any, ref: Any,
+                  main: tuple[torch.Tensor, float] | None = None) -> list[dict[str, Any]]:
     """FID, KID, precision/recall, NFE and images/s per sampler setting of
     ``evaluate.diffusion_sweep`` (each entry overrides ``diffusion.sampling``), all on
-    ``evaluate.sweep_samples`` images from the same seed."""
+    ``evaluate.sweep_samples`` images from the same seed. ``main``: the main evaluation's
+    images and seconds with the ``base`` setting; an entry equal to ``base`` scores its first
+    ``sweep_samples`` images instead of sampling them again."""
     from genpipe.evaluation import metrics as M
 
-    e, rows = cfg.evaluate, []
-    for i, entry in enumerate(e.diffusion_sweep):
+    e, rows, settings = cfg.evaluate, [], []
+    family_cfg = cfg.diffusion
+    for i, entry in enumerate(e.diffusion_sweep):  # every entry checked before any sampling
         try:
             options = type(base).model_validate(base.model_dump() | dict(entry))
-        except ValueError as err:
-            raise InputError(f"evaluate.diffusion_sweep[{i}]: {str(err).splitlines()[-1].strip()}") from None
-        images, seconds = generate_images(model, e.sweep_samples, options, cfg.seed, e.batch_size)
+            type(family_cfg).model_validate(family_cfg.model_dump() | {"sampling": options.model_dump()})
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InputError(f"evaluate.diffusion_sweep[{i}]: {where + ': ' if where else ''}{first['msg']}") from None
+        settings.append(options)
+    for options in settings:
+        if main is not None and options == base and len(main[0]) >= e.sweep_samples:
+            images, seconds = main[0][: e.sweep_samples], main[1] * e.sweep_samples / len(main[0])
+        else:
+            images, seconds = generate_images(model, e.sweep_samples, options, cfg.seed, e.batch_size)
         feats = extractor.features(images, e.batch_size)
         precision, recall = M.precision_recall(ref.train_features, feats, e.pr_k)
         rows.append({

@@ -77,6 +77,23 @@ def logistic_mixture_log_prob(params: torch.Tensor, x: torch.Tensor) -> torch.Te
     return torch.logsumexp(log_pi + per_component, dim=3)
 
 
+def logistic_mixture_level_log_probs(params: torch.Tensor) -> torch.Tensor:
+    """log P(level k) for all 256 levels, (B, C, 256, ...) from params (B, C, 3M, ...): the
+    mixture's CDF at the 255 bin edges, differenced, in float64 (what the sampler draws from;
+    one sigmoid per edge and component instead of the full log-probability per level)."""
+    m = params.shape[2] // 3
+    p = params.double()
+    pi = F.softmax(p[:, :, :m], dim=2).unsqueeze(2)  # (B, C, 1, M, ...)
+    mean = p[:, :, m : 2 * m].unsqueeze(2)
+    inv_scale = torch.exp(-p[:, :, 2 * m :].clamp_min(MIN_LOG_SCALE)).unsqueeze(2)
+    edges = (LEVEL_VALUES[:-1].double() + 1.0 / 255.0).to(params.device)  # between level k and k + 1
+    edges = edges.view(1, 1, LEVELS - 1, 1, *([1] * (params.dim() - 3)))
+    cdf = (pi * torch.sigmoid((edges - mean) * inv_scale)).sum(3)  # (B, C, 255, ...)
+    zero, one = torch.zeros_like(cdf[:, :, :1]), torch.ones_like(cdf[:, :, :1])
+    probs = torch.diff(torch.cat([zero, cdf, one], dim=2), dim=2)  # (B, C, 256, ...), the edge bins take the tails
+    return probs.clamp_min(1e-300).log()
+
+
 def inverse_cdf_draw(logits: torch.Tensor, u: torch.Tensor, temperature: float) -> torch.Tensor:
     """The first level k with u <= CDF(k) under softmax(logits / T): logits (B, K), u (B,) in [0, 1)."""
     cdf = F.softmax(logits.float() / temperature, dim=-1).cumsum(-1)  # (B, 256)
@@ -106,7 +123,8 @@ class PixelCNN(nn.Module):
             nn.ReLU(), pointwise_conv(n, n, hidden, hidden),
             nn.ReLU(), pointwise_conv(n, c * self.per_channel, hidden, torch.arange(c).repeat_interleave(self.per_channel)),
         )
-        # rows above that the output at a row can see: what the sampler must keep in view
+        # rows above (and columns to the left) that the output at a pixel can see: what the
+        # sampler must keep in view
         self.reach = cfg.first_kernel_size // 2 + (cfg.num_layers - 1) * (cfg.kernel_size // 2)
 
     def outputs(self, x: torch.Tensor, labels: torch.Tensor | None, top: int = 0) -> torch.Tensor:
@@ -125,8 +143,7 @@ class PixelCNN(nn.Module):
         """Unnormalised log-probabilities of all 256 levels, (B, C, 256, ...), from the head's output."""
         if self.cfg.output == "categorical":
             return out
-        grid = LEVEL_VALUES.to(out.device).view(1, 1, LEVELS, *([1] * (out.dim() - 3)))
-        return logistic_mixture_log_prob(out, grid.expand(out.shape[0], out.shape[1], LEVELS, *out.shape[3:]))
+        return logistic_mixture_level_log_probs(out)
 
     def vertical_links(self, x: torch.Tensor, labels: torch.Tensor | None, top: int = 0) -> list[torch.Tensor]:
         """The vertical stack's input to the horizontal stack, per layer (B, 2n, R, W).
@@ -145,12 +162,13 @@ class PixelCNN(nn.Module):
         return [link[:, :, -1:] for link in self.vertical_links(x[:, :, top : i + 1], labels, top)]
 
     def horizontal_outputs(self, x: torch.Tensor, links: list[torch.Tensor], labels: torch.Tensor | None,
-                           top: int = 0) -> torch.Tensor:
-        """The horizontal stack and the head: x (B, C, R, W) and ``links`` -> (B, C, P, R, W)."""
-        rows = slice(top, top + x.shape[2])
+                           top: int = 0, left: int = 0) -> torch.Tensor:
+        """The horizontal stack and the head: x (B, C, R, W) and ``links`` -> (B, C, P, R, W),
+        for image rows from ``top`` and columns from ``left`` (x and links already cut there)."""
+        rows, cols = slice(top, top + x.shape[2]), slice(left, left + x.shape[3])
         h = x
         for layer, link in zip(self.layers, links):
-            h = layer.horizontal_step(h, link, labels, rows)
+            h = layer.horizontal_step(h, link, labels, rows, cols)
         b, c, height, width = x.shape
         return self.head(h).view(b, c, self.per_channel, height, width)
 
@@ -203,8 +221,11 @@ class PixelCNN(nn.Module):
         for i in range(height):
             links = self.row_links(x, i, y)  # the vertical stack: once per row
             for j in range(width):
+                left = max(0, j - self.reach)  # the horizontal stack's output at j sees columns left..j
+                row_links = [link[..., left : j + 1] for link in links]
                 for ch in range(c):
-                    out = self.horizontal_outputs(x[:, :, i : i + 1], links, y, i)[:, ch : ch + 1, :, 0, j]  # (n, 1, P)
+                    out = self.horizontal_outputs(x[:, :, i : i + 1, left : j + 1], row_links, y, i, left)
+                    out = out[:, ch : ch + 1, :, 0, -1]  # (n, 1, P) at column j
                     logits = self.level_logits(out)[:, 0]  # (n, 256)
                     level = inverse_cdf_draw(logits, u[:, ch, i, j], opts.temperature)
                     x[:, ch, i, j] = level.float() / 127.5 - 1.0

@@ -123,13 +123,15 @@ class GatedLayer(nn.Module):
         self.row_bias = nn.Parameter(torch.zeros(4 * n, size[0], 1)) if size else None
         self.col_bias = nn.Parameter(torch.zeros(4 * n, 1, size[1])) if size else None
 
-    def conditioning(self, labels: torch.Tensor | None, rows: slice, stack: Stack) -> torch.Tensor | None:
-        """Gate bias (B or 1, 2n, R or 1, W or 1) of one stack for image rows ``rows``, or None."""
+    def conditioning(self, labels: torch.Tensor | None, rows: slice, stack: Stack,
+                     cols: slice = slice(None)) -> torch.Tensor | None:
+        """Gate bias (B or 1, 2n, R or 1, W or 1) of one stack for image rows ``rows`` (and
+        columns ``cols``), or None."""
         bias = None
         if self.label_bias is not None and labels is not None:
             bias = self.label_bias(labels)[:, :, None, None]  # (B, 4n, 1, 1)
         if self.row_bias is not None:
-            pos = (self.row_bias[:, rows] + self.col_bias)[None]  # (1, 4n, R, W)
+            pos = (self.row_bias[:, rows] + self.col_bias[:, :, cols])[None]  # (1, 4n, R, W)
             bias = pos if bias is None else bias + pos
         return None if bias is None else bias.chunk(2, dim=1)[0 if stack == "vertical" else 1]
 
@@ -143,9 +145,10 @@ class GatedLayer(nn.Module):
         return gate(v_pre if bias is None else v_pre + bias), link
 
     def horizontal_step(self, h: torch.Tensor, link: torch.Tensor, labels: torch.Tensor | None,
-                        rows: slice) -> torch.Tensor:
-        """h (B, c_in, R, W), link (B, 2n, R, W) -> h' (B, n, R, W); row by row independent."""
+                        rows: slice, cols: slice = slice(None)) -> torch.Tensor:
+        """h (B, c_in, R, W), link (B, 2n, R, W) -> h' (B, n, R, W) for image rows ``rows`` and
+        columns ``cols``; row by row independent."""
         h_pre = self.horizontal(h) + link
-        bias = self.conditioning(labels, rows, "horizontal")
+        bias = self.conditioning(labels, rows, "horizontal", cols)
         h_new = self.h_out(self.dropout(gate(h_pre if bias is None else h_pre + bias)))
         return h + h_new if self.residual else h_new
