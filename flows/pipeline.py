@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import allow_failure, flow, get_run_logger
 
 import tasks
 from genpipe.config import load_config
@@ -35,10 +35,17 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
         retries = cfg.pipeline.task_retries
         train, generate = tasks.train.with_options(retries=retries), tasks.generate.with_options(retries=retries)
         features = tasks.features.submit(params, overrides)
-        trained = {f: train.submit(params, overrides, f, parent, cfg.seed) for f in cfg.families}
-        # replicates with the other seeds, for the spread of FID across seeds (none in the quick profile)
-        replicas = {f: [train.submit(params, overrides, f, parent, s) for s in cfg.stability_seeds] for f in cfg.families}
-        evaluated = {f: tasks.evaluate.submit(params, overrides, f, wait_for=[trained[f], features, *replicas[f]])
+        # the models, then the replicates with the other seeds (for the spread of FID across seeds;
+        # none in the quick profile), in `concurrent_trainings` lanes
+        jobs = [(f, cfg.seed) for f in cfg.families] + [(f, s) for s in cfg.stability_seeds for f in cfg.families]
+        lanes = cfg.pipeline.concurrent_trainings or len(jobs)
+        runs: dict[tuple[str, int], Any] = {}
+        for k, (f, s) in enumerate(jobs):
+            before = [allow_failure(runs[jobs[k - lanes]])] if k >= lanes else []  # the lane's previous training
+            runs[(f, s)] = train.submit(params, overrides, f, parent, s, wait_for=before)
+        trained = {f: runs[(f, cfg.seed)] for f in cfg.families}
+        evaluated = {f: tasks.evaluate.submit(params, overrides, f,
+                                              wait_for=[features, *(runs[(f, s)] for s in (cfg.seed, *cfg.stability_seeds))])
                      for f in cfg.families}
         generated = {f: generate.submit(params, overrides, f, wait_for=[trained[f]]) for f in cfg.families}
         outcomes = {f: fut.result() for f, fut in trained.items()}

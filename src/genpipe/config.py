@@ -133,6 +133,9 @@ class PipelineConfig(Section):
     schedule: str = Field("0 3 * * *", min_length=9)  # cron of the scheduled training pipeline
     timezone: str = "UTC"
     task_retries: int = Field(1, ge=0)  # retries of the tasks where a retry can help
+    # trainings at a time, started in `families` order (each lane starts its next when one ends);
+    # 0 = all at once and Ray queues them in an order of its own
+    concurrent_trainings: int = Field(2, ge=0)
     record_with_dvc: bool = True  # after a run on unmodified params, `dvc commit` what it made
 
 

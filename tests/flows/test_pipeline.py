@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from urllib.parse import urlparse
 
 import boto3
@@ -36,9 +37,17 @@ def _task_runs(flow_run_id) -> dict[str, str]:
     return {r.name: r.state.type.value for r in runs}
 
 
+def _task_times(flow_run_id) -> dict[str, tuple]:
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                     sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=100)
+    return {r.name: (r.start_time, r.end_time) for r in runs}
+
+
 def test_pipeline_flow_end_to_end(project, prefect_api, ray_cluster, bucket, mlflow_uri):
     tree = {**TINY, "train": {**TINY["train"], "runner": "ray", "num_workers": 2},
-            "generate": {"out": f"s3://{bucket}/e2e", "n": 24, "batch_size": 16}}
+            "generate": {"out": f"s3://{bucket}/e2e", "n": 24, "batch_size": 16},
+            "stability_seeds": [1], "pipeline": {"concurrent_trainings": 1}}
     write_params(project, tree)
     state = pipeline(params="params.yaml", return_state=True)
     assert state.is_completed(), state
@@ -46,8 +55,16 @@ def test_pipeline_flow_end_to_end(project, prefect_api, ray_cluster, bucket, mlf
 
     # Prefect recorded the flow run and every task run, completed
     runs = _task_runs(state.state_details.flow_run_id)
-    assert {"prepare", "start-pipeline-run", "train-vae", "evaluate-vae", "generate-vae", "finish-pipeline-run"} <= set(runs)
+    assert {"prepare", "start-pipeline-run", "train-vae-seed0", "train-vae-seed1", "evaluate-vae", "generate-vae",
+            "finish-pipeline-run", "report"} <= set(runs)
     assert set(runs.values()) == {"COMPLETED"}
+    # one training at a time (concurrent_trainings: 1): the replicate starts after the model ends,
+    # and the evaluation, which scores both, after the replicate
+    times = _task_times(state.state_details.flow_run_id)
+    assert times["train-vae-seed1"][0] >= times["train-vae-seed0"][1]
+    assert times["evaluate-vae"][0] >= times["train-vae-seed1"][1]
+    metrics = json.loads((load_config("params.yaml").paths.metrics / "vae.json").read_text())
+    assert metrics["seeds"]["training_seeds"] == [0, 1] and len(metrics["seeds"]["fid"]) == 2
     assert result["dvc_recorded"] == []  # a flow run with a temp project: not a DVC repo
 
     # the checkpoint loads and samples
