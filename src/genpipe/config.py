@@ -251,6 +251,7 @@ class PixelCNNConfig(FamilyConfig):
     num_layers: int = Field(9, ge=1)  # gated layers, the first of mask type A
     first_kernel_size: int = Field(7, ge=3)  # kernel of the first (type A) layer, odd
     kernel_size: int = Field(3, ge=3)  # kernel of the type-B layers, odd
+    dilations: tuple[PositiveInt, ...] = Field((1,), min_length=1)  # of the type-B layers, cycled (1: the paper's)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the horizontal stack's gated output
     position_bias: Literal["rows_and_columns", "none"] = "rows_and_columns"  # learnt gate bias per row and column
     output: Literal["categorical", "logistic_mixture"] = "logistic_mixture"  # the distribution of each sub-pixel

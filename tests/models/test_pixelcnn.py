@@ -37,13 +37,16 @@ def images(n: int, shape: tuple[int, int, int], seed: int = 1) -> torch.Tensor:
     return torch.randint(0, 256, (n, *shape), generator=g).float() / 127.5 - 1.0  # the 8-bit grid
 
 
-@pytest.mark.parametrize("shape,output", [((1, 5, 5), "categorical"), ((3, 4, 4), "categorical"),
-                                          ((3, 4, 4), "logistic_mixture")])
-def test_each_logit_depends_on_exactly_the_earlier_subpixels(shape, output):
+@pytest.mark.parametrize("shape,output,dilations", [
+    ((1, 5, 5), "categorical", (1,)), ((3, 4, 4), "categorical", (1,)), ((3, 4, 4), "logistic_mixture", (1,)),
+    ((1, 7, 7), "logistic_mixture", (2, 3)),  # dilated type-B layers: still causal, still no blind spot
+])
+def test_each_logit_depends_on_exactly_the_earlier_subpixels(shape, output, dilations):
     """Exhaustive: d logits[c, i] / d x is nonzero exactly at pixels < i (raster order) and at
     channels < c of pixel i. "Nonzero" shows there is no blind spot, "zero" that it is causal."""
     c, h, w = shape
-    model = pixelcnn(shape, hidden_channels=24, output=output)
+    model = pixelcnn(shape, hidden_channels=24, output=output, first_kernel_size=5, num_layers=4, dilations=dilations)
+    assert model.reach >= max(h, w)  # every earlier pixel is in reach, so every one must be seen
     x = images(4, shape).requires_grad_(True)  # 4 images: a dead ReLU in one is not a missing edge
     proj = torch.randn(model.per_channel, generator=torch.Generator().manual_seed(2))
     for i in range(h * w):
@@ -145,11 +148,12 @@ def test_inverse_cdf_draw_golden_values_and_temperature():
     assert inverse_cdf_draw(logits, u, 2.0).tolist() == [0, 1, 1, 2]
 
 
-def test_the_samplers_row_by_row_pass_gives_the_full_networks_logits():
+@pytest.mark.parametrize("dilations,reach", [((1,), 3), ((2,), 5)])
+def test_the_samplers_row_by_row_pass_gives_the_full_networks_logits(dilations, reach):
     """The sampler runs the vertical stack once per row on the rows within ``reach`` above it,
     then the horizontal stack on that row alone; both shortcuts must be exact."""
-    model = pixelcnn((1, 10, 6), first_kernel_size=3, kernel_size=3, num_layers=3)
-    assert model.reach == 3
+    model = pixelcnn((1, 10, 6), first_kernel_size=3, kernel_size=3, num_layers=3, dilations=dilations)
+    assert model.reach == reach  # 1 (type A) + 2 type-B layers of 1 x dilation each
     x = images(2, (1, 10, 6))
     full = model.outputs(x, None)  # (2, 1, 256, 10, 6)
     for i in range(10):
@@ -165,8 +169,8 @@ def test_the_samplers_row_by_row_pass_gives_the_full_networks_logits():
         left = max(0, j - model.reach)
         cut = model.horizontal_outputs(x[:, :, i : i + 1, left : j + 1], [k[..., left : j + 1] for k in links], None, i, left)
         assert torch.allclose(cut[..., 0, -1], full[..., i, j], atol=1e-5), f"column {j}"
-    j = 5  # one column too few on the left: reach is tight here too
-    cut = model.horizontal_outputs(x[:, :, i : i + 1, j - 2 : j + 1], [k[..., j - 2 : j + 1] for k in links], None, i, j - 2)
+    j, left = 5, 5 - min(model.reach, 5) + 1  # one column too few on the left: reach is tight here too
+    cut = model.horizontal_outputs(x[:, :, i : i + 1, left : j + 1], [k[..., left : j + 1] for k in links], None, i, left)
     assert not torch.allclose(cut[..., 0, -1], full[..., i, j], atol=1e-3)
 
 

@@ -113,9 +113,10 @@ class PixelCNN(nn.Module):
         self.cfg, self.spec = cfg, spec
         classes = spec.num_classes if cfg.conditional else 0
         size = spec.shape[1:] if cfg.position_bias == "rows_and_columns" else None
+        dilations = [cfg.dilations[i % len(cfg.dilations)] for i in range(cfg.num_layers - 1)]  # type-B layers, cycled
         self.layers = nn.ModuleList(
             [GatedLayer(c, n, cfg.first_kernel_size, "A", c, classes, size, cfg.dropout)]
-            + [GatedLayer(n, n, cfg.kernel_size, "B", c, classes, size, cfg.dropout) for _ in range(cfg.num_layers - 1)]
+            + [GatedLayer(n, n, cfg.kernel_size, "B", c, classes, size, cfg.dropout, d) for d in dilations]
         )
         hidden = channel_groups(n, c)
         self.per_channel = LEVELS if cfg.output == "categorical" else 3 * cfg.mixtures  # head outputs per sub-pixel
@@ -125,7 +126,7 @@ class PixelCNN(nn.Module):
         )
         # rows above (and columns to the left) that the output at a pixel can see: what the
         # sampler must keep in view
-        self.reach = cfg.first_kernel_size // 2 + (cfg.num_layers - 1) * (cfg.kernel_size // 2)
+        self.reach = sum(layer.reach for layer in self.layers)
 
     def outputs(self, x: torch.Tensor, labels: torch.Tensor | None, top: int = 0) -> torch.Tensor:
         """x (B, C, R, W) in [-1, 1], image rows top..top+R-1 -> the head's output

@@ -51,30 +51,34 @@ class MaskedConv2d(nn.Module):
     """A convolution whose weight is multiplied by a fixed 0/1 mask, with explicit padding."""
 
     def __init__(self, c_in: int, c_out: int, kernel: tuple[int, int], padding: tuple[int, int, int, int],
-                 mask: torch.Tensor):
+                 mask: torch.Tensor, dilation: int = 1):
         super().__init__()
         self.conv = nn.Conv2d(c_in, c_out, kernel)
         self.padding = padding  # (left, right, top, bottom), as F.pad takes it
+        self.dilation = dilation
         self.register_buffer("mask", mask, persistent=False)  # (c_out, c_in, kh, kw), derived from the config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c_in, H, W) -> (B, c_out, H, W)
-        return F.conv2d(F.pad(x, self.padding), self.conv.weight * self.mask, self.conv.bias)
+        return F.conv2d(F.pad(x, self.padding), self.conv.weight * self.mask, self.conv.bias, dilation=self.dilation)
 
 
-def vertical_conv(c_in: int, c_out: int, k: int, mask_type: MaskType) -> MaskedConv2d:
-    """(k//2 + 1) x k kernel over the rows above (and, type B, the current row of features)."""
+def vertical_conv(c_in: int, c_out: int, k: int, mask_type: MaskType, dilation: int = 1) -> MaskedConv2d:
+    """(k//2 + 1) x k kernel over the rows above (and, type B, the current row of features);
+    with ``dilation`` d its taps are d rows and columns apart (rows -d*(k//2) .. 0)."""
     mask = torch.ones(c_out, c_in, k // 2 + 1, k)
     if mask_type == "A":
         mask[:, :, -1, :] = 0.0  # the current row of the image
-    return MaskedConv2d(c_in, c_out, (k // 2 + 1, k), (k // 2, k // 2, k // 2, 0), mask)
+    r = dilation * (k // 2)
+    return MaskedConv2d(c_in, c_out, (k // 2 + 1, k), (r, r, r, 0), mask, dilation)
 
 
 def horizontal_conv(c_in: int, c_out: int, k: int, mask_type: MaskType,
-                    in_groups: torch.Tensor, out_groups: torch.Tensor) -> MaskedConv2d:
-    """1 x (k//2 + 1) kernel over the pixels to the left, channel-masked at the current pixel."""
+                    in_groups: torch.Tensor, out_groups: torch.Tensor, dilation: int = 1) -> MaskedConv2d:
+    """1 x (k//2 + 1) kernel over the pixels to the left (``dilation`` apart), channel-masked
+    at the current pixel."""
     mask = torch.ones(c_out, c_in, 1, k // 2 + 1)
     mask[:, :, 0, -1] = group_mask(out_groups, in_groups, mask_type)
-    return MaskedConv2d(c_in, c_out, (1, k // 2 + 1), (k // 2, 0, 0, 0), mask)
+    return MaskedConv2d(c_in, c_out, (1, k // 2 + 1), (dilation * (k // 2), 0, 0, 0), mask, dilation)
 
 
 def pointwise_conv(c_in: int, c_out: int, in_groups: torch.Tensor, out_groups: torch.Tensor) -> MaskedConv2d:
@@ -104,13 +108,14 @@ class GatedLayer(nn.Module):
     """
 
     def __init__(self, c_in: int, n: int, k: int, mask_type: MaskType, image_channels: int,
-                 num_classes: int, size: tuple[int, int] | None, dropout: float):
+                 num_classes: int, size: tuple[int, int] | None, dropout: float, dilation: int = 1):
         super().__init__()
         in_groups = channel_groups(c_in, image_channels)
         hidden = channel_groups(n, image_channels)
         gates = hidden.repeat(2)  # f and g halves carry the same groups
-        self.vertical = vertical_conv(c_in, 2 * n, k, mask_type)
-        self.horizontal = horizontal_conv(c_in, 2 * n, k, mask_type, in_groups, gates)
+        self.reach = dilation * (k // 2)  # rows above and columns to the left this layer adds
+        self.vertical = vertical_conv(c_in, 2 * n, k, mask_type, dilation)
+        self.horizontal = horizontal_conv(c_in, 2 * n, k, mask_type, in_groups, gates, dilation)
         self.v_to_h = nn.Conv2d(2 * n, 2 * n, 1)  # the vertical stack sees only rows above: no mask
         self.h_out = pointwise_conv(n, n, hidden, hidden)
         self.dropout = nn.Dropout(dropout)
