@@ -26,6 +26,7 @@ makes of a family's samples) and return float64 tensors on the CPU.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -208,7 +209,7 @@ def train_feature_net(cfg: Config, device: torch.device | str = "cpu", progress:
     out = features_dir(cfg.paths.models)
     with atomic_directory(out) as tmp:
         (tmp / WEIGHTS).write_bytes(weights)
-        sha = sha256_file(tmp / WEIGHTS)
+        sha = hashlib.sha256(weights).hexdigest()
         card = {
             "id": f"domain-cnn-{sha[:12]}",
             "extractor": "domain",
@@ -272,30 +273,29 @@ class Extractor:
             raise InputError(f"feature network {self.id} takes 1 or 3 channels, got {images.shape[1]}")
 
     @torch.no_grad()
-    def features_and_probs(self, images: torch.Tensor, batch_size: int = 256
+    def features_and_probs(self, images: torch.Tensor, batch_size: int = 256, probs: bool = True
                            ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One pass: ``(N, D)`` features and ``(N, K)`` class probabilities (float64, CPU)."""
+        """One pass: ``(N, D)`` features and ``(N, K)`` class probabilities (float64, CPU);
+        no probabilities without a classifier head or with ``probs=False``."""
+        want = probs and self.num_classes is not None
         self._check(images)
-        feats, probs = [], []
+        feats, out = [], []
         for i in range(0, len(images), batch_size):
             x = to_model_range(images[i : i + batch_size].to(self.device))
             f = self.net.features(x)
             feats.append(f.double().cpu())
-            if self.num_classes is not None:
-                probs.append(torch.softmax(self.net.classify(f).double(), dim=1).cpu())
+            if want:
+                out.append(torch.softmax(self.net.classify(f).double(), dim=1).cpu())
         feats_t = torch.cat(feats) if feats else torch.empty(0, self.num_features, dtype=torch.float64)
-        if self.num_classes is None:
+        if not want:
             return feats_t, None
-        probs_t = torch.cat(probs) if probs else torch.empty(0, self.num_classes, dtype=torch.float64)
+        probs_t = torch.cat(out) if out else torch.empty(0, self.num_classes, dtype=torch.float64)
         return feats_t, probs_t
 
     @torch.no_grad()
     def features(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """``(N, D)`` float64 features of uint8 ``(N, C, H, W)`` images."""
-        self._check(images)
-        out = [self.net.features(to_model_range(images[i : i + batch_size].to(self.device))).double().cpu()
-               for i in range(0, len(images), batch_size)]
-        return torch.cat(out) if out else torch.empty(0, self.num_features, dtype=torch.float64)
+        return self.features_and_probs(images, batch_size, probs=False)[0]
 
     def probs(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor | None:
         """``(N, K)`` float64 class probabilities, or None without a head: the domain classifier's

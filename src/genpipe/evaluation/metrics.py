@@ -180,7 +180,8 @@ def frechet_distance_from_stats(
     return mean_term + trace_term - 2.0 * cross
 
 
-def frechet_distance(real: torch.Tensor, fake: torch.Tensor, batch_size: int = 1024) -> float:
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor, batch_size: int = 1024,
+                     key: str = "evaluate.num_samples") -> float:
     r"""FID between real features (N, D) and generated features (M, D), via torchmetrics.
 
     Heusel et al. 2017, https://arxiv.org/abs/1706.08500: fit a Gaussian to each set and take
@@ -195,8 +196,8 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor, batch_size: int = 1
     next to the spread. The covariances are unbiased (n - 1). Rounding can leave a value of
     about -1e-10 for identical sets.
 
-    Raises :class:`InputError` naming ``evaluate.num_samples`` when either set has fewer rows
-    than D: its covariance would be singular and the estimate meaningless.
+    Raises :class:`InputError` naming ``key`` (the setting behind the sample count) when
+    either set has fewer rows than D: its covariance would be singular and the estimate meaningless.
     """
     from torchmetrics.image.fid import FrechetInceptionDistance
 
@@ -205,7 +206,7 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor, batch_size: int = 1
     for which, n in (("generated", fake.shape[0]), ("real", real.shape[0])):
         if n < dim:
             raise InputError(
-                f"evaluate.num_samples: {n} {which} samples are fewer than the {dim} feature dimensions; "
+                f"{key}: {n} {which} samples are fewer than the {dim} feature dimensions; "
                 f"FID needs at least {dim}"
             )
     shift = real.mean(dim=0)
@@ -227,6 +228,7 @@ def kernel_inception_distance(
     subset_size: int = 500,
     seed: int = 0,
     batch_size: int = 1024,
+    key: str = "evaluate.num_samples",
 ) -> tuple[float, float]:
     r"""KID between real (N, D) and generated (M, D) features via torchmetrics: (mean, std).
 
@@ -256,7 +258,7 @@ def kernel_inception_distance(
     n = min(real.shape[0], fake.shape[0])
     if n < 2:
         raise InputError(
-            f"evaluate.num_samples: KID needs at least 2 samples in each set (real {real.shape[0]}, "
+            f"{key}: KID needs at least 2 samples in each set (real {real.shape[0]}, "
             f"generated {fake.shape[0]})"
         )
     if subsets < 1 or subset_size < 2:

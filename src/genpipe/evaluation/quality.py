@@ -57,13 +57,15 @@ def load_reference(cfg: Config, extractor: Extractor) -> Reference:
     )
 
 
-def sample_quality(images: torch.Tensor, ref: Reference, extractor: Extractor, cfg: Config) -> dict[str, Any]:
-    """Every distribution metric of uint8 ``images`` (N, C, H, W) against ``ref``."""
+def sample_quality(images: torch.Tensor, ref: Reference, extractor: Extractor, cfg: Config,
+                   key: str = "evaluate.num_samples") -> dict[str, Any]:
+    """Every distribution metric of uint8 ``images`` (N, C, H, W) against ``ref``; ``key`` is
+    the setting behind their count, named when it is too small."""
     e = cfg.evaluate
     feats, probs = extractor.features_and_probs(images, e.batch_size)
     real = ref.train_features
-    fid = M.frechet_distance(real, feats)
-    kid_mean, kid_std = M.kernel_inception_distance(real, feats, e.kid_subsets, e.kid_subset_size, seed=cfg.seed)
+    fid = M.frechet_distance(real, feats, key=key)
+    kid_mean, kid_std = M.kernel_inception_distance(real, feats, e.kid_subsets, e.kid_subset_size, seed=cfg.seed, key=key)
     precision, recall = M.precision_recall(real, feats, e.pr_k)
     density, coverage = M.density_coverage(real, feats, e.dc_k)
     out: dict[str, Any] = {

@@ -75,7 +75,16 @@ def real_reference(cfg: Config) -> dict[str, Any]:
 
     extractor = load_extractor(cfg)
     ref = load_reference(cfg, extractor)
-    return sample_quality(ref.test_images, ref, extractor, cfg)
+    return sample_quality(ref.test_images, ref, extractor, cfg, key="data.test_fraction (the test split)")
+
+
+def _same_extractor(metrics: dict[str, dict[str, Any]], real: dict[str, Any], cfg: Config) -> None:
+    """The real-data row must come from the extractor that scored the families."""
+    ids = {m["quality"]["extractor_id"] for m in metrics.values()}
+    if real["extractor_id"] not in ids:
+        raise InputError(f"{cfg.paths.metrics}: scored by feature extractor {sorted(ids)[0]}, but "
+                         f"{cfg.paths.models}/features now holds {real['extractor_id']}; "
+                         "run `genpipe evaluate` again for every family")
 
 
 def _loss_histories(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
@@ -84,9 +93,7 @@ def _loss_histories(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, l
 
     out: dict[str, dict[str, list[tuple[int, float]]]] = {}
     try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking.tracking_uri())
+        client = tracking.client()
     except Exception:  # noqa: BLE001 - the report still renders without curves
         return out
     for family, m in metrics.items():
@@ -104,7 +111,7 @@ def _loss_histories(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, l
     return out
 
 
-def _plots(metrics: dict, real: dict, losses: dict, folder: Path) -> list[Path]:
+def _plots(metrics: dict, real: dict, losses: dict, folder: Path, pr_k: int) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,7 +134,7 @@ def _plots(metrics: dict, real: dict, losses: dict, folder: Path) -> list[Path]:
     ax.scatter(real["recall"], real["precision"], marker="*", s=120, c="k")
     ax.annotate("real (test)", (real["recall"], real["precision"]), textcoords="offset points", xytext=(5, -10))
     ax.set(xlabel="recall (diversity)", ylabel="precision (fidelity)", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
-           title="Precision vs recall (k=3)")
+           title=f"Precision vs recall (k={pr_k})")
     ax.grid(alpha=0.3)
     save(fig, "precision_recall.png")
 
@@ -272,12 +279,13 @@ def verdict(metrics: dict[str, dict[str, Any]], losses: dict) -> list[str]:
 
 
 def write_report(cfg: Config) -> dict[str, Any]:
-    """Write reports/comparison.{md,html}, the plots, metrics/comparison.json and the DVC plot files."""
+    """Write reports/comparison.{md,html}, the plots, reports/comparison.json and the DVC plot files."""
     metrics = _read_metrics(cfg)
     real = real_reference(cfg)
+    _same_extractor(metrics, real, cfg)
     losses = _loss_histories(metrics)
     folder = Path(cfg.paths.reports)
-    plots = _plots(metrics, real, losses, folder / "figures")
+    plots = _plots(metrics, real, losses, folder / "figures", cfg.evaluate.pr_k)
     grids = {}
     for family, m in metrics.items():
         src = Path(m["samples_png"])
@@ -306,13 +314,12 @@ def write_report(cfg: Config) -> dict[str, Any]:
                {k: r.get(k) for k in [*(k for k, _ in COLUMNS), "fid_seed_mean", "fid_seed_std"]
                 if k not in ("model", "sampler", "checkpoint", "fid_seeds") and r.get(k) is not None}
                for r in rows}
-    mdir = folder
-    atomic_write_bytes(mdir / "comparison.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_bytes(folder / "comparison.json", (json.dumps(summary, indent=2) + "\n").encode())
     pr = [{"model": r["model"], "precision": r["precision"], "recall": r["recall"]} for r in rows if not r.get("sweep")]
-    atomic_write_bytes(mdir / "plots" / "precision_recall.json", (json.dumps(pr, indent=2) + "\n").encode())
+    atomic_write_bytes(folder / "plots" / "precision_recall.json", (json.dumps(pr, indent=2) + "\n").encode())
     sweep = [{"model": r["model"], "sampler": r["sampler"].split("-")[0], "nfe": r["nfe"], "fid": r["fid"]}
              for r in rows if r.get("sweep")]
-    atomic_write_bytes(mdir / "plots" / "fid_vs_nfe.json", (json.dumps(sweep, indent=2) + "\n").encode())
+    atomic_write_bytes(folder / "plots" / "fid_vs_nfe.json", (json.dumps(sweep, indent=2) + "\n").encode())
     return {"markdown": (folder / "comparison.md").as_posix(), "html": (folder / "comparison.html").as_posix(),
             "rows": rows, "verdict": lines, "provenance": provenance}
 

@@ -102,7 +102,7 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
 
         figure_paths += write_latent_grids(model, figures, cfg.seed, cfg.seed + 1, options=options)
     metrics["figures"] = [p.as_posix() for p in figure_paths]
-    metrics |= protocol_metrics(cfg, family, model, options, state)
+    metrics |= protocol_metrics(cfg, family, model, options, state, metrics["checkpoint_sha256"])
     metrics["seconds"] = time.perf_counter() - t0
     atomic_write_bytes(metrics_dir / f"{family}.json", (json.dumps(metrics, indent=2) + "\n").encode())
 
@@ -132,7 +132,8 @@ def generate_images(model: torch.nn.Module, n: int, options: Any, seed: int, bat
     return torch.cat(out), time.perf_counter() - t0
 
 
-def protocol_metrics(cfg: Config, family: str, model: torch.nn.Module, options: Any, state: dict) -> dict[str, Any]:
+def protocol_metrics(cfg: Config, family: str, model: torch.nn.Module, options: Any, state: dict,
+                     checkpoint_sha256: str) -> dict[str, Any]:
     """The distribution metrics, sampling and training cost (and the sampler sweep) of ``model``."""
     from genpipe.evaluation.features import load_extractor
     from genpipe.evaluation.quality import load_reference, sample_quality
@@ -151,20 +152,21 @@ def protocol_metrics(cfg: Config, family: str, model: torch.nn.Module, options: 
                      "world_size": state.get("meta", {}).get("world_size")},
     }
     if cfg.stability_seeds:
-        out["seeds"] = seed_spread(cfg, family, options, extractor, ref, quality["fid"])
+        out["seeds"] = seed_spread(cfg, family, options, extractor, ref, quality["fid"], checkpoint_sha256)
     if family == "diffusion" and e.diffusion_sweep:
         out["sweep"] = sampler_sweep(cfg, model, options, extractor, ref, (images, gen_seconds))
     return out
 
 
-def seed_spread(cfg: Config, family: str, options: Any, extractor: Any, ref: Any, fid: float) -> dict[str, Any]:
-    """FID of the model trained with ``seed`` (``fid``, already measured) and of each replicate
-    trained with one of ``stability_seeds``, all sampled with the same noise seed and sample
-    count; their mean and standard deviation (n - 1) are the spread across training seeds."""
+def seed_spread(cfg: Config, family: str, options: Any, extractor: Any, ref: Any, fid: float,
+                checkpoint_sha256: str) -> dict[str, Any]:
+    """FID of the model trained with ``seed`` (``fid`` and ``checkpoint_sha256``, already known)
+    and of each replicate trained with one of ``stability_seeds``, all sampled with the same
+    noise seed and sample count; their mean and standard deviation (n - 1) are the spread across training seeds."""
     from genpipe.evaluation import metrics as M
 
     e, card = cfg.evaluate, read_card(cfg.paths.data)
-    fids, shas = [fid], [sha256_file(family_dir(cfg.paths.models, family) / FINAL)]
+    fids, shas = [fid], [checkpoint_sha256]
     for s in cfg.stability_seeds:
         path = seed_dir(cfg.paths.models, family, s) / FINAL
         if not path.exists():
@@ -211,8 +213,9 @@ def sampler_sweep(cfg: Config, model: torch.nn.Module, base: Any, extractor: Any
         rows.append({
             "sampler": options.sampler, "steps": options.steps if options.sampler != "ddpm" else None,
             "nfe": network_evaluations(model, options), "num_samples": e.sweep_samples, "seed": cfg.seed,
-            "fid": M.frechet_distance(ref.train_features, feats),
-            "kid": M.kernel_inception_distance(ref.train_features, feats, e.kid_subsets, e.kid_subset_size, seed=cfg.seed)[0],
+            "fid": M.frechet_distance(ref.train_features, feats, key="evaluate.sweep_samples"),
+            "kid": M.kernel_inception_distance(ref.train_features, feats, e.kid_subsets, e.kid_subset_size, seed=cfg.seed,
+                                               key="evaluate.sweep_samples")[0],
             "precision": precision, "recall": recall,
             "images_per_s": len(images) / seconds, "extractor_id": extractor.id,
             "sampling": options.model_dump(mode="json"),

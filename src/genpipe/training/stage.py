@@ -99,7 +99,7 @@ def fit_once(
     seconds = time.perf_counter() - t0
     weights = model.state_dict()
     state = {
-        "format": FORMAT, "family": meta.get("family"), "step": 1, "total_steps": 1,
+        "format": FORMAT, "family": meta.get("family"), "step": 1, "total_steps": 1, "train_seconds": seconds,
         "model": weights,
         "ema": {**{f"module.{k}": v for k, v in weights.items()}, "n_averaged": torch.tensor(1)},
         "optimizers": {}, "rng": [rng_state(torch.device("cpu"))],
