@@ -48,8 +48,9 @@ def discretized_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale
     a = torch.where(right, -lower, upper)  # the bin's edge nearer the mean, as a left-tail point
     b = torch.where(right, -upper, lower)
     log_a, log_b = torch.special.log_ndtr(a), torch.special.log_ndtr(b)
-    log_mid = log_a + torch.log(-torch.expm1((log_b - log_a).clamp(max=-1e-300)))
-    # when the bin is far narrower than the scale the difference underflows: density x bin width
+    # when the bin is far narrower than the scale the two CDFs round to one value: density x bin width
     log_pdf_mid = -0.5 * (inv_s * (x - mean)) ** 2 - log_scale - 0.5 * math.log(2 * math.pi) + math.log(2 * HALF_BIN)
-    log_mid = torch.where(torch.isfinite(log_mid), log_mid, log_pdf_mid)
+    resolved = log_b < log_a
+    gap = torch.where(resolved, log_b - log_a, torch.full_like(log_a, -1.0))  # placeholder where unresolved
+    log_mid = torch.where(resolved & torch.isfinite(log_a), log_a + torch.log(-torch.expm1(gap)), log_pdf_mid)
     return torch.where(x < -0.999, log_cdf_upper, torch.where(x > 0.999, log_sf_lower, log_mid))

@@ -22,7 +22,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-HALF_BIN = 1.0 / 255.0  # 256 levels in [-1, 1] are 2/255 apart: each bin is +-1/255 wide
+from genpipe.models.distributions import HALF_BIN  # 256 levels in [-1, 1]: each bin is +-1/255 wide
+
 LOG_SCALE_BOUND = 3.0  # coupling log-scales are soft-clamped to (-3, 3): scales in (0.05, 20)
 
 

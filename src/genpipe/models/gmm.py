@@ -142,11 +142,11 @@ class GaussianMixtureModel(nn.Module):
         return LogLikelihood(nats=nats.to(x.device, torch.float32), kind="lower_bound", estimator=f"dequantised-density-{s}")
 
     # -- sampling -------------------------------------------------------------------------
-    @torch.no_grad()
     def nfe(self, options=None) -> int:
         """No network: a sample is a component draw and one Gaussian draw."""
         return 0
 
+    @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None, options=None) -> torch.Tensor:
         if labels is not None and not self.cfg.conditional:
             raise InputError("labels: this gmm is unconditional; sample without labels")
