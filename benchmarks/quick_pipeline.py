@@ -30,18 +30,27 @@ def machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__}, Python {platform.python_version()}"
 
 
+def cpu_seconds() -> tuple[float, float, float]:
+    """Machine-wide (busy, idle, stolen) CPU seconds since boot, all cores together (/proc/stat)."""
+    f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (f[0] + f[1] + f[2] + f[5] + f[6]) / tick, (f[3] + f[4]) / tick, f[7] / tick
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-S", "--set", dest="overrides", action="append", default=[])
     args = p.parse_args()
     from flows.pipeline import pipeline
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     result = pipeline(params="params.yaml", overrides=args.overrides or None)
     total = time.perf_counter() - t0
+    busy, idle, stolen = (b - a for a, b in zip(cpu0, cpu_seconds()))
     print(f"\nmachine: {machine()}")
     print(f"command: .venv/bin/python benchmarks/quick_pipeline.py {' '.join('-S ' + o for o in args.overrides)}".rstrip())
-    print(f"whole flow: {total:.0f} s (includes Prefect's temporary API, Ray start-up and DVC)\n")
+    print(f"whole flow: {total:.0f} s (includes Prefect's temporary API, Ray start-up and DVC)")
+    print(f"CPU: {busy:.0f} core-s busy, {idle:.0f} core-s idle, {stolen:.0f} stolen by the hypervisor (machine-wide, {os.cpu_count()} cores)\n")
     print("| family | train s | evaluate s | generate s | test bits/dim (estimator) |")
     print("|---|---:|---:|---:|---|")
     for family, s in result["seconds"].items():

@@ -13,11 +13,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from prefect import allow_failure, flow, get_run_logger
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
 
 import tasks
 from genpipe.config import load_config
 from genpipe.tracking.dvc import is_dvc_repo
+from genpipe.training.world import configure_cpu
 
 
 @flow(name="genpipe-pipeline", log_prints=True)
@@ -25,6 +27,7 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
     """Train, evaluate and batch-generate every family listed in ``families``."""
     logger = get_run_logger()
     cfg = load_config(params, overrides or [])  # bad config fails here, before any task
+    configure_cpu(cfg.pipeline.threads)  # this process's own work: features, evaluation, generation
     card = tasks.prepare(params, overrides)
     logger.info("dataset %s %s sha256 %s", card["source"], card["counts"], card["sha256"][:12])
     parent = tasks.start_pipeline_run(params, overrides)
@@ -36,18 +39,29 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
         train, generate = tasks.train.with_options(retries=retries), tasks.generate.with_options(retries=retries)
         features = tasks.features.submit(params, overrides)
         # the models, then the replicates with the other seeds (for the spread of FID across seeds;
-        # none in the quick profile), in `concurrent_trainings` lanes
-        jobs = [(f, cfg.seed) for f in cfg.families] + [(f, s) for s in cfg.stability_seeds for f in cfg.families]
-        lanes = cfg.pipeline.concurrent_trainings or len(jobs)
+        # none in the quick profile): `concurrent_trainings` at a time, each next one started as
+        # soon as any running one ends (failed or not), in `families` order
+        seeds = (cfg.seed, *cfg.stability_seeds)
+        queue = [(f, s) for s in seeds for f in cfg.families]
+        slots = cfg.pipeline.concurrent_trainings or len(queue)
+        if cfg.train.runner == "local" and slots > 1:  # in this process's threads: one torch RNG, one GIL
+            logger.info("train.runner=local trains in the flow's own process: one family at a time")
+            slots = 1
         runs: dict[tuple[str, int], Any] = {}
-        for k, (f, s) in enumerate(jobs):
-            before = [allow_failure(runs[jobs[k - lanes]])] if k >= lanes else []  # the lane's previous training
-            runs[(f, s)] = train.submit(params, overrides, f, parent, s, wait_for=before)
+        running: list[Any] = []
+        evaluated: dict[str, Any] = {}
+        generated: dict[str, Any] = {}
+        for f, s in queue:
+            if len(running) >= slots:
+                running.remove(next(as_completed(running)))
+            runs[(f, s)] = train.submit(params, overrides, f, parent, s)
+            running.append(runs[(f, s)])
+            if s == cfg.seed:
+                generated[f] = generate.submit(params, overrides, f, wait_for=[runs[(f, s)]])
+            if s == seeds[-1]:  # the family's last training: its evaluation scores them all
+                evaluated[f] = tasks.evaluate.submit(params, overrides, f,
+                                                     wait_for=[features, *(runs[(f, r)] for r in seeds)])
         trained = {f: runs[(f, cfg.seed)] for f in cfg.families}
-        evaluated = {f: tasks.evaluate.submit(params, overrides, f,
-                                              wait_for=[features, *(runs[(f, s)] for s in (cfg.seed, *cfg.stability_seeds))])
-                     for f in cfg.families}
-        generated = {f: generate.submit(params, overrides, f, wait_for=[trained[f]]) for f in cfg.families}
         outcomes = {f: fut.result() for f, fut in trained.items()}
         metrics = {f: fut.result() for f, fut in evaluated.items()}
         images = {f: fut.result() for f, fut in generated.items()}

@@ -59,6 +59,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     from genpipe.config import load_config
 
     cfg = load_config(args.params, args.overrides)  # validated before anything is written
+    from genpipe.training.world import reuse_freed_memory
+
+    reuse_freed_memory()  # every stage computes with torch on the CPU somewhere
     if args.stage == "prepare":
         from genpipe.data import prepare_dataset
 

@@ -133,9 +133,13 @@ class PipelineConfig(Section):
     schedule: str = Field("0 3 * * *", min_length=9)  # cron of the scheduled training pipeline
     timezone: str = "UTC"
     task_retries: int = Field(1, ge=0)  # retries of the tasks where a retry can help
-    # trainings at a time, started in `families` order (each lane starts its next when one ends);
-    # 0 = all at once and Ray queues them in an order of its own
+    # trainings at a time, started in `families` order (the next when any running one ends);
+    # 0 = all at once and Ray queues them in an order of its own. With train.runner=local the
+    # flow trains in its own threads, which share torch's RNG: one at a time, whatever this says
     concurrent_trainings: int = Field(2, ge=0)
+    # torch CPU threads of the flow's own work (feature network, evaluation, generation, report),
+    # which runs beside the training workers; 0 = torch's default (all cores)
+    threads: int = Field(1, ge=0)
     record_with_dvc: bool = True  # after a run on unmodified params, `dvc commit` what it made
 
 

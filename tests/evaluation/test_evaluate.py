@@ -28,7 +28,7 @@ class UniformModel(torch.nn.Module):
         super().__init__()
         self.p = torch.nn.Parameter(torch.zeros(1))
 
-    def log_likelihood(self, x, labels=None):
+    def log_likelihood(self, x, labels=None, generator=None):
         return LogLikelihood(torch.full((x.shape[0],), -x[0].numel() * math.log(256.0), dtype=torch.float64), "exact", "uniform")
 
 

@@ -67,7 +67,7 @@ def test_fit_sample_and_conditional_mixtures():
     images[labels == 1] = images[labels == 1] // 4  # class 1 is dark
     torch.manual_seed(0)
     model = build_gmm(GMMConfig(components=2, conditional=True), SPEC)
-    summary = model.fit(images, labels)
+    summary = model.fit(images, labels, 0)
     assert math.isfinite(summary["train_log_density"])
     dark = model.sample(200, labels=torch.ones(200, dtype=torch.long), generator=torch.Generator().manual_seed(1))
     bright = model.sample(200, labels=torch.zeros(200, dtype=torch.long), generator=torch.Generator().manual_seed(1))
@@ -76,3 +76,18 @@ def test_fit_sample_and_conditional_mixtures():
     assert (model.log_likelihood(x, labels[:8]).nats != model.log_likelihood(x, 1 - labels[:8]).nats).all()
     with pytest.raises(InputError, match="pca_components"):
         build_gmm(GMMConfig(pca_components=7), SPEC)
+
+
+def test_fit_depends_on_its_seed_not_on_the_global_rng():
+    # the pipeline fits the mixture in a thread beside others that draw from the global RNG
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (60, *SPEC.shape), generator=g, dtype=torch.uint8)
+    labels = torch.zeros(60, dtype=torch.long)
+    fitted = []
+    for seed, global_seed in ((0, 1), (0, 2), (1, 1)):
+        torch.manual_seed(global_seed)
+        model = build_gmm(GMMConfig(components=2), SPEC)
+        model.fit(images, labels, seed)
+        fitted.append(model.state_dict())
+    assert all(torch.equal(fitted[0][k], fitted[1][k]) for k in fitted[0])
+    assert not all(torch.equal(fitted[0][k], fitted[2][k]) for k in fitted[0])  # the seed matters

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -165,3 +166,31 @@ def test_cuda_bf16_training_and_device_independent_sampling(project):
     a = cpu_model.sample(8, generator=torch.Generator().manual_seed(0))
     b = gpu_model.sample(8, generator=torch.Generator().manual_seed(0)).cpu()
     assert torch.allclose(a, b, atol=1e-3)
+
+
+_FAULTS = """
+import resource, sys, torch
+from genpipe.training.world import reuse_freed_memory
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        batch = [torch.ones(2_000_000) for _ in range(8)]  # 8 x 8 MB of activations
+        del batch  # freed together: the top of the heap is trimmed, or not
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+faults()  # glibc's dynamic threshold settles on the first frees
+untuned = faults()
+ok = reuse_freed_memory()
+faults()
+print(ok, untuned, faults())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_tensor_memory_is_reused_instead_of_faulted_in_again():
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, check=True).stdout.split()
+    ok, untuned, tuned = out[0] == "True", int(out[1]), int(out[2])
+    assert ok
+    assert untuned > 10 * 8 * 1000  # an 8 MB tensor is ~2,000 pages, faulted in again
+    assert tuned < untuned / 10

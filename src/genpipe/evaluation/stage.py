@@ -48,13 +48,16 @@ def load_trained(cfg: Config, family: str, device: torch.device | str = "cpu") -
 
 
 @torch.no_grad()
-def heldout_likelihood(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> dict[str, Any] | None:
-    """Mean -log p(x) over ``images`` (uint8) in nats/image and bits/dim, or None."""
+def heldout_likelihood(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                       seed: int = 0) -> dict[str, Any] | None:
+    """Mean -log p(x) over ``images`` (uint8) in nats/image and bits/dim, or None; an
+    estimator's noise comes from ``seed`` alone."""
     device = next(iter([*model.parameters(), *model.buffers()])).device
     total, kind, estimator = 0.0, None, None
+    generator = torch.Generator().manual_seed(seed)
     for i in range(0, len(images), batch_size):
         x = to_model_range(images[i : i + batch_size]).to(device)
-        ll = model.log_likelihood(x, labels[i : i + batch_size].to(device))
+        ll = model.log_likelihood(x, labels[i : i + batch_size].to(device), generator)
         if ll is None:
             return None
         total += float(ll.nats.double().sum())
@@ -72,8 +75,7 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
     model, state = load_trained(cfg, family)
     ckpt = family_dir(cfg.paths.models, family) / FINAL
     test = load_split(cfg.paths.data, "test")
-    torch.manual_seed(cfg.seed)  # the ELBO's posterior samples
-    likelihood = heldout_likelihood(model, test.images, test.labels, cfg.evaluate.batch_size)
+    likelihood = heldout_likelihood(model, test.images, test.labels, cfg.evaluate.batch_size, cfg.seed)
     options = sampling_options(cfg, family)
     samples = model.sample(cfg.evaluate.grid_samples, generator=torch.Generator().manual_seed(cfg.seed), options=options)
     grid = make_grid(to_uint8(samples.float().cpu()))

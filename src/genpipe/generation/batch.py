@@ -39,6 +39,7 @@ from genpipe.models import sampling_options
 from genpipe.storage import sha256_file
 from genpipe.storage.objectstore import open_store, safe_key
 from genpipe.training.checkpoint import FINAL, family_dir, load_checkpoint, load_model
+from genpipe.training.world import reuse_freed_memory
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -122,6 +123,7 @@ class BatchGenerator:
 
     def __init__(self, checkpoint: str, shape: tuple[int, int, int], num_classes: int,
                  out: str, storage: StorageConfig, job: GenerationJob, options: Any = None, device: str = "cpu"):
+        reuse_freed_memory()  # a Ray Data actor is a process of its own
         self.model, _ = load_model(checkpoint, shape, num_classes, device)
         self.options = options
         self.store = open_store(out, storage)

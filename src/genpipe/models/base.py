@@ -76,8 +76,12 @@ class GenerativeModel(Protocol):
         (sampler, steps, temperature, guidance ...); None means the trained config's."""
         ...
 
-    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LogLikelihood | None:
-        """log p(x) of 8-bit images ``x`` in [-1, 1], or None if the family has none."""
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> LogLikelihood | None:
+        """log p(x) of 8-bit images ``x`` in [-1, 1], or None if the family has none. An estimate
+        that draws noise (dequantisation, posterior samples, timesteps) draws it on the CPU from
+        ``generator`` (None: the global RNG), so a seed gives the same number on any device and
+        beside other threads."""
         ...
 
 
@@ -101,8 +105,9 @@ class FittedModel(Protocol):
     Their ``optimizer_groups()`` is empty; the train stage calls ``fit`` once instead of the loop.
     """
 
-    def fit(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Fit to uint8 images (N, C, H, W) and labels (N,); returns numbers worth logging."""
+    def fit(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[str, float]:
+        """Fit to uint8 images (N, C, H, W) and labels (N,), every random choice from ``seed``;
+        returns numbers worth logging."""
         ...
 
 

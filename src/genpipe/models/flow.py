@@ -257,7 +257,8 @@ class Glow(nn.Module):
             return self.decode(z.to(self.device, torch.float32), labels, temperature).clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LogLikelihood:
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> LogLikelihood:
         """Lower bound on log P(x) of 8-bit x (B, C, H, W): log mean_s p(x + u_s) + D log(2/255).
 
         With labels on a conditional flow: log P(x | y); without, the class-marginal log P(x).
@@ -268,7 +269,7 @@ class Glow(nn.Module):
             x = x.float()
             logs = []
             for _ in range(s_count):
-                u = (torch.rand(x.shape) * 2.0 - 1.0) * HALF_BIN  # global CPU RNG: device-independent
+                u = (torch.rand(x.shape, generator=generator) * 2.0 - 1.0) * HALF_BIN  # CPU noise: device-independent
                 logs.append(self.log_density(x + u.to(x.device), labels))
             log_px = torch.logsumexp(torch.stack(logs), 0) - math.log(s_count)  # (B,)
         return LogLikelihood(

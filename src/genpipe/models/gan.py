@@ -261,7 +261,8 @@ class GAN(nn.Module):
                              f"{tuple(labels.shape)}")
         return labels.to(self.device, torch.long)
 
-    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> None:
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> None:
         """A GAN defines no density p(x): None."""
         return None
 

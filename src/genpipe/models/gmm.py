@@ -57,21 +57,22 @@ class GaussianMixtureModel(nn.Module):
     def training_losses(self, x, labels, phase):  # pragma: no cover - never called: no phases
         raise RuntimeError("the Gaussian mixture is fitted with fit(), not trained by steps")
 
-    def fit(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def fit(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[str, float]:
         """EM on dequantised pixels (after PCA); returns the mean train log-likelihood."""
         from threadpoolctl import threadpool_limits
 
         # one BLAS thread: beside training families, spinning BLAS threads slowed EM ~100x
         with threadpool_limits(limits=1):
-            return self._fit(images, labels)
+            return self._fit(images, labels, seed)
 
-    def _fit(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def _fit(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[str, float]:
         from sklearn.decomposition import PCA
         from sklearn.mixture import GaussianMixture
 
         c = self.cfg
-        seed = int(torch.initial_seed() % 2**31)  # the train stage seeds torch from params' seed
-        v = self._dequantise(images.double().div(127.5).sub(1.0).flatten(1)).numpy()  # (N, D)
+        seed %= 2**31  # scikit-learn's range
+        noise = torch.Generator().manual_seed(seed)  # not the global RNG other threads draw from
+        v = self._dequantise(images.double().div(127.5).sub(1.0).flatten(1), noise).numpy()  # (N, D)
         d, k = v.shape[1], self.pca_basis.shape[0]
         if k < d:
             pca = PCA(n_components=k, random_state=seed).fit(v)
@@ -99,8 +100,8 @@ class GaussianMixtureModel(nn.Module):
         self.means[y] = torch.from_numpy(gm.means_)
         self.prec_chol[y] = torch.from_numpy(gm.precisions_cholesky_)
 
-    def _dequantise(self, v: torch.Tensor) -> torch.Tensor:
-        return v + (torch.rand(v.shape, dtype=v.dtype) - 0.5) * BIN
+    def _dequantise(self, v: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return v + (torch.rand(v.shape, generator=generator, dtype=v.dtype) - 0.5) * BIN
 
     # -- density ------------------------------------------------------------------------
     def component_log_density(self, z: torch.Tensor, y: int) -> torch.Tensor:
@@ -133,11 +134,12 @@ class GaussianMixtureModel(nn.Module):
         return ll
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LogLikelihood:
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> LogLikelihood:
         v = x.double().flatten(1).cpu()
         labels = labels.cpu() if (labels is not None and self.cfg.conditional) else None
         s = self.cfg.dequantization_samples
-        ll = torch.stack([self.log_density(self._dequantise(v), labels) for _ in range(s)]).mean(0)
+        ll = torch.stack([self.log_density(self._dequantise(v, generator), labels) for _ in range(s)]).mean(0)
         nats = ll + v.shape[1] * math.log(BIN)
         return LogLikelihood(nats=nats.to(x.device, torch.float32), kind="lower_bound", estimator=f"dequantised-density-{s}")
 

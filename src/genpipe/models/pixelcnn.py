@@ -187,9 +187,10 @@ class PixelCNN(nn.Module):
         return {"loss": nll, "bpd": (nll / math.log(2)).detach()}
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LogLikelihood:
-        """Exact log p(x); for a conditional model given labels, log p(x | y) (labels ignored
-        by an unconditional one).
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> LogLikelihood:
+        """Exact log p(x) (no noise: ``generator`` is unused); for a conditional model given
+        labels, log p(x | y) (labels ignored by an unconditional one).
 
         A conditional model without labels gives the exact marginal under a uniform class
         prior: log p(x) = logsumexp_y log p(x | y) - log K.

@@ -133,14 +133,15 @@ class VAE(nn.Module):
         return mean.clamp(-1.0, 1.0)
 
     @torch.no_grad()
-    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LogLikelihood:
+    def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> LogLikelihood:
         """The IWAE bound with k = ``iwae_samples`` (k = 1 is the ELBO): a lower bound on log p(x)."""
         k, labels = self.cfg.iwae_samples, (labels if self.num_labels else None)
         mu, logvar = self.encode(x, labels)  # (B, Z)
         std = torch.exp(0.5 * logvar)
         total = []
         for _ in range(k):  # one posterior sample per image at a time keeps memory flat in k
-            eps = torch.randn_like(mu)
+            eps = cpu_randn(mu.shape, generator, mu.device)
             z = mu + std * eps
             mean, log_scale = self.decode(z, labels)
             log_px_z = discretized_logistic_log_prob(x, mean, log_scale).flatten(1).sum(1)

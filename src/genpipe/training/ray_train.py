@@ -30,6 +30,7 @@ from torch import nn
 
 from genpipe.errors import InputError
 from genpipe.training.checkpoint import LAST, load_checkpoint, save_checkpoint
+from genpipe.training.world import configure_cpu
 
 CKPT_FILE = "checkpoint.pt"
 
@@ -134,7 +135,7 @@ def _worker(config: dict[str, Any]) -> None:
         os.chdir(config["cwd"])
     cfg = Config.model_validate(config["config"])
     world = RayWorld()
-    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    configure_cpu(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     resume = None
     if (ckpt := ray.train.get_checkpoint()) is not None:  # restarted after a failure
         with ckpt.as_directory() as d:

@@ -35,7 +35,7 @@ from genpipe.training.checkpoint import (
     write_config_json,
 )
 from genpipe.training.loop import SAMPLE_GRID, Checkpointer, LoopResult, TrainLogger, World, train_loop
-from genpipe.training.world import LocalWorld, pick_device
+from genpipe.training.world import LocalWorld, configure_cpu, pick_device
 
 # sections whose change makes a checkpoint belong to a different experiment
 RESUME_SECTIONS = ("seed", "data", "train")
@@ -95,7 +95,7 @@ def fit_once(
     """Train a :class:`FittedModel` (e.g. the Gaussian mixture): one ``fit``, one checkpoint."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    summary = model.fit(data.images, data.labels)
+    summary = model.fit(data.images, data.labels, seed)
     seconds = time.perf_counter() - t0
     weights = model.state_dict()
     state = {
@@ -184,8 +184,7 @@ def train_family(
     ok = False
     try:
         if cfg.train.runner == "local" or get_family(family).trainer == "fit":  # EM is not data-parallel
-            if cfg.train.threads:
-                torch.set_num_threads(cfg.train.threads)
+            configure_cpu(cfg.train.threads)
             result = fit(
                 cfg, family, world=LocalWorld(), device=pick_device(cfg.train.device),
                 logger=tracking.MlflowTrainLogger(run_id, uri), checkpointer=LocalCheckpointer(out_dir),

@@ -1,7 +1,11 @@
-"""The in-process world: one rank, no wrapping, a tqdm progress bar."""
+"""The in-process world: one rank, no wrapping, a tqdm progress bar; and the CPU set-up of a
+process that computes (allocator, threads)."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import sys
 from typing import Any
 
 import torch
@@ -35,3 +39,35 @@ def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(requested)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
+_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling on 64-bit systems
+
+
+def reuse_freed_memory() -> bool:
+    """Keep freed tensor buffers in the heap instead of giving them back to the kernel.
+
+    glibc serves blocks over its mmap threshold (128 KiB at first) with fresh mmaps and unmaps
+    them on free, so every batch of activations page-faults its memory in again: measured on
+    2 cores, 256 DDIM-50 samples of the quick diffusion model took 7.5 s user + 2.1 s system
+    (944k page faults) before, 6.5 s + 0.1 s after. Same effect as PyTorch's CPU tuning
+    guide's jemalloc/tcmalloc advice, without a preloaded library. Idempotent; False where the
+    C library has no ``mallopt`` (not glibc), which leaves the allocator as it was.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+
+
+def configure_cpu(threads: int = 0) -> None:
+    """Set up this process for torch work on the CPU: :func:`reuse_freed_memory`, and with
+    ``threads`` > 0 that many intra-op threads (process-wide: every Python thread sees it)."""
+    reuse_freed_memory()
+    if threads > 0:
+        torch.set_num_threads(threads)
