@@ -44,7 +44,7 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
         seeds = (cfg.seed, *cfg.stability_seeds)
         queue = [(f, s) for s in seeds for f in cfg.families]
         slots = cfg.pipeline.concurrent_trainings or len(queue)
-        if cfg.train.runner == "local" and slots > 1:  # in this process's threads: one torch RNG, one GIL
+        if cfg.train.runner == "local" and slots > 1:  # in this process's threads: one GIL
             logger.info("train.runner=local trains in the flow's own process: one family at a time")
             slots = 1
         runs: dict[tuple[str, int], Any] = {}

@@ -135,7 +135,9 @@ class PipelineConfig(Section):
     task_retries: int = Field(1, ge=0)  # retries of the tasks where a retry can help
     # trainings at a time, started in `families` order (the next when any running one ends);
     # 0 = all at once and Ray queues them in an order of its own. With train.runner=local the
-    # flow trains in its own threads, which share torch's RNG: one at a time, whatever this says
+    # flow trains in its own threads (one GIL): one at a time, whatever this says; those threads
+    # also share torch's global RNG with the flow's feature network and evaluations, so the
+    # pipeline is bit-reproducible with the ray runner (separate processes) only
     concurrent_trainings: int = Field(2, ge=0)
     # torch CPU threads of the flow's own work (feature network, evaluation, generation, report),
     # which runs beside the training workers; 0 = torch's default (all cores)
