@@ -351,6 +351,22 @@ class Config(Section):
         own = {k: v for k, v in (("steps", fam.steps), ("batch_size", fam.batch_size)) if v is not None}
         return self.train.model_copy(update=own)
 
+    def sweep_settings(self) -> list[DiffusionSamplingConfig]:
+        """``evaluate.diffusion_sweep`` as ``diffusion.sampling`` settings (each entry overrides
+        it), each checked against the diffusion model (e.g. steps <= timesteps); an
+        :class:`InputError` names the entry. Checked when params load, used by evaluation."""
+        base, out = self.diffusion.sampling, []
+        for i, entry in enumerate(self.evaluate.diffusion_sweep):
+            try:
+                options = type(base).model_validate(base.model_dump() | dict(entry))
+                type(self.diffusion).model_validate(self.diffusion.model_dump() | {"sampling": options.model_dump()})
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise InputError(f"evaluate.diffusion_sweep[{i}]: {where + ': ' if where else ''}{first['msg']}") from None
+            out.append(options)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready resolved config (what is saved beside checkpoints and logged)."""
         return self.model_dump(mode="json")
@@ -406,13 +422,18 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def _validate(tree: dict[str, Any], where: str, prefix: str = "") -> Config:
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = prefix + ".".join(str(p) for p in err["loc"])
         got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
         more = f" [+{exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
         raise InputError(f"{where}: {key}: {err['msg']}{got}{more}") from None
+    try:
+        cfg.sweep_settings()  # entries that span two sections: fail now, not after training
+    except InputError as exc:
+        raise InputError(f"{where}: {prefix}{exc}") from None
+    return cfg
 
 
 def resolve(raw: dict[str, Any], overrides: list[str] = (), where: str = "params.yaml") -> Config:

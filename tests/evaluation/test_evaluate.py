@@ -152,9 +152,8 @@ def test_diffusion_sampler_sweep_rows_and_the_reused_main_setting(in_trained):
     assert rows[0]["fid"] == M.frechet_distance(ref.train_features, extractor.features(main[0][:24], 16))
     assert len({r["fid"] for r in rows}) == 3
 
-    bad = load_config("params.yaml", [*overrides[:-1], "evaluate.diffusion_sweep=[{sampler: ddim, steps: 50}]"])
-    with pytest.raises(InputError, match=r"evaluate.diffusion_sweep\[0\]: .*steps=50 exceeds timesteps=20"):
-        sampler_sweep(bad, model, base, extractor, ref, main)
-    bad = load_config("params.yaml", [*overrides[:-1], "evaluate.diffusion_sweep=[{sampler: ddim}, {sampler: euler}]"])
-    with pytest.raises(InputError, match=r"evaluate.diffusion_sweep\[1\]: sampler: Input should be 'ddpm', 'ddim'"):
-        sampler_sweep(bad, model, base, extractor, ref, main)
+    # a bad entry fails when params load (before any training), naming the entry
+    with pytest.raises(InputError, match=r"^params.yaml: evaluate.diffusion_sweep\[0\]: .*steps=50 exceeds timesteps=20"):
+        load_config("params.yaml", [*overrides[:-1], "evaluate.diffusion_sweep=[{sampler: ddim, steps: 50}]"])
+    with pytest.raises(InputError, match=r"^params.yaml: evaluate.diffusion_sweep\[1\]: sampler: Input should be 'ddpm', 'ddim'"):
+        load_config("params.yaml", [*overrides[:-1], "evaluate.diffusion_sweep=[{sampler: ddim}, {sampler: euler}]"])

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 
 from genpipe.config import Config
 from genpipe.data import load_split, read_card, to_model_range, to_uint8
@@ -194,18 +193,8 @@ def sampler_sweep(cfg: Config, model: torch.nn.Module, base: Any, extractor: Any
     ``sweep_samples`` images instead of sampling them again."""
     from genpipe.evaluation import metrics as M
 
-    e, rows, settings = cfg.evaluate, [], []
-    family_cfg = cfg.diffusion
-    for i, entry in enumerate(e.diffusion_sweep):  # every entry checked before any sampling
-        try:
-            options = type(base).model_validate(base.model_dump() | dict(entry))
-            type(family_cfg).model_validate(family_cfg.model_dump() | {"sampling": options.model_dump()})
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise InputError(f"evaluate.diffusion_sweep[{i}]: {where + ': ' if where else ''}{first['msg']}") from None
-        settings.append(options)
-    for options in settings:
+    e, rows = cfg.evaluate, []
+    for options in cfg.sweep_settings():
         if main is not None and options == base and len(main[0]) >= e.sweep_samples:
             images, seconds = main[0][: e.sweep_samples], main[1] * e.sweep_samples / len(main[0])
         else:
