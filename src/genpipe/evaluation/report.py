@@ -227,6 +227,28 @@ COLUMNS = [  # (key, header)
 ]
 
 
+TABLE_NOTES = [
+    "Sweep rows use their own sample count (n); FID is biased upward at small n, so compare a row "
+    "with rows of the same n. The real row scores the held-out test images (small n) with the same code.",
+    "images/s: a family's row measures sampling at evaluate.speed_batch_size after a warm-up batch "
+    "(median of evaluate.speed_repeats batches); a sweep row (†) is the throughput of generating its n "
+    "images at evaluate.batch_size, without warm-up. Compare sweep rows with each other.",
+    "Sharpness: mean squared Laplacian relative to the real train images (< 1 blurrier). NN-dist ratio: "
+    "mean nearest-train-image distance of samples over that of held-out real images (< 1: closer to the "
+    "training images than unseen real ones are — copying).",
+]
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    """One table cell: the value, marked where its column means something else for this row."""
+    text = _fmt(row.get(key))
+    if key == "bpd" and row.get("bpd_kind") == "bound":
+        text += " (bound)"
+    if key == "images_per_s" and row.get("sweep") and row.get(key) is not None:
+        text += " †"
+    return text
+
+
 def verdict(metrics: dict[str, dict[str, Any]], losses: dict) -> list[str]:
     """What the numbers say about the introductions' ordering, each claim checked."""
     q = {f: m["quality"] for f, m in metrics.items()}
@@ -339,16 +361,8 @@ def _markdown(rows, lines, plots, grids, prov, folder) -> str:
     out += ["", "## One row per family (and per sampler setting)", "",
             "| " + " | ".join(h for _, h in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
-        cells = []
-        for k, _ in COLUMNS:
-            v = r.get(k)
-            cells.append(_fmt(v) + (" (bound)" if k == "bpd" and r.get("bpd_kind") == "bound" else ""))
-        out.append("| " + " | ".join(cells) + " |")
-    out += ["", "Sweep rows use their own sample count (n); FID is biased upward at small n, so compare a row "
-            "with rows of the same n. The real row scores the held-out test images (small n) with the same code.",
-            "Sharpness: mean squared Laplacian relative to the real train images (< 1 blurrier). NN-dist ratio: "
-            "mean nearest-train-image distance of samples over that of held-out real images (< 1: closer to the "
-            "training images than unseen real ones are — copying).", ""]
+        out.append("| " + " | ".join(_cell(r, k) for k, _ in COLUMNS) + " |")
+    out += [""] + TABLE_NOTES + [""]
     out += ["## Plots", ""] + [f"![{p.stem}]({_rel(p, folder)})" for p in plots]
     out += ["", "## Samples", ""] + [f"### {f}\n\n![{f}]({_rel(p, folder)})\n" for f, p in grids.items()]
     out += ["## Provenance", "", "```json", json.dumps(prov, indent=2), "```", ""]
@@ -360,10 +374,9 @@ def _html(rows, lines, plots, grids, prov, folder) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for _, h in COLUMNS)
     body = ""
     for r in rows:
-        cells = "".join(
-            f"<td>{esc(_fmt(r.get(k)) + (' (bound)' if k == 'bpd' and r.get('bpd_kind') == 'bound' else ''))}</td>"
-            for k, _ in COLUMNS)
+        cells = "".join(f"<td>{esc(_cell(r, k))}</td>" for k, _ in COLUMNS)
         body += f"<tr{' class=sweep' if r.get('sweep') else ''}>{cells}</tr>\n"
+    notes = "".join(f"<p>{esc(n)}</p>" for n in TABLE_NOTES)
     imgs = "".join(f'<figure><img src="{esc(_rel(p, folder))}"><figcaption>{esc(p.stem)}</figcaption></figure>' for p in plots)
     samples = "".join(f'<figure><img src="{esc(_rel(p, folder))}" width="288"><figcaption>{esc(f)}</figcaption></figure>'
                       for f, p in grids.items())
@@ -382,6 +395,7 @@ figure{{display:inline-block;margin:8px}}pre{{background:#f4f4f4;padding:8px}}</
 <h2>One row per family (and per sampler setting)</h2>
 <table><tr>{head}</tr>
 {body}</table>
+{notes}
 <h2>Plots</h2>{imgs}
 <h2>Samples</h2>{samples}
 <h2>Provenance</h2><pre>{esc(json.dumps(prov, indent=2))}</pre>
