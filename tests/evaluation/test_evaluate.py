@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,3 +158,34 @@ def test_diffusion_sampler_sweep_rows_and_the_reused_main_setting(in_trained):
         load_config("params.yaml", [*overrides[:-1], "evaluate.diffusion_sweep=[{sampler: ddim, steps: 50}]"])
     with pytest.raises(InputError, match=r"^params.yaml: evaluate.diffusion_sweep\[1\]: sampler: Input should be 'ddpm', 'ddim'"):
         load_config("params.yaml", [*overrides[:-1], "evaluate.diffusion_sweep=[{sampler: ddim}, {sampler: euler}]"])
+
+
+class _StubExtractor:
+    """Features and class probabilities from fixed random projections (any number of classes)."""
+
+    id = "stub"
+
+    def __init__(self, num_classes: int):
+        g = torch.Generator().manual_seed(0)
+        self.proj = torch.randn(16, 8, generator=g, dtype=torch.float64)
+        self.head = torch.randn(8, num_classes, generator=g, dtype=torch.float64)
+
+    def features_and_probs(self, images, batch_size):
+        feats = (images.reshape(len(images), -1)[:, :16].double() / 255.0) @ self.proj
+        return feats, torch.softmax(feats @ self.head, dim=1)
+
+
+@pytest.mark.parametrize("extractor_classes", [3, 1008])  # the data's classes | Inception's ImageNet ones
+def test_sample_quality_takes_a_class_histogram_only_over_the_datas_classes(extractor_classes):
+    from genpipe.evaluation.quality import Reference, sample_quality
+
+    g = torch.Generator().manual_seed(1)
+    train = torch.randint(0, 256, (40, 1, 4, 4), generator=g, dtype=torch.uint8)
+    ext = _StubExtractor(extractor_classes)
+    ref = Reference(train_features=ext.features_and_probs(train, 8)[0], train_pixels=train.reshape(40, -1).float() / 255,
+                    test_images=train[:10], label_distribution=torch.full((3,), 1 / 3, dtype=torch.float64),
+                    train_sharpness=1.0)
+    cfg = load_config(Path(__file__).resolve().parents[2] / "params.yaml", ["evaluate.kid_subset_size=10"])
+    out = sample_quality(torch.randint(0, 256, (30, 1, 4, 4), generator=g, dtype=torch.uint8), ref, ext, cfg)
+    assert math.isfinite(out["inception_score"]) and math.isfinite(out["fid"])
+    assert ("classes_covered" in out) == (extractor_classes == 3)

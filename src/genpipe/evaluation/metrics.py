@@ -29,6 +29,7 @@ config key; a misuse by the caller (wrong shapes, probabilities that do not sum 
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -38,6 +39,8 @@ import torch
 from torch import nn
 
 from genpipe.errors import InputError
+
+_GLOBAL_RNG = threading.Lock()  # held while torchmetrics draws KID's subsets from the global RNG
 
 __all__ = [
     "class_histogram",
@@ -248,7 +251,8 @@ def kernel_inception_distance(
     failing as torchmetrics would (with ``m`` equal to both set sizes every subset is the whole
     set and the std is 0). torchmetrics draws the subsets with ``torch.randperm`` from the
     global CPU generator; here that draw runs inside ``torch.random.fork_rng`` seeded with
-    ``seed``, so equal inputs give equal KID and the caller's RNG stream is left untouched.
+    ``seed`` (and under a lock, against other threads' KID), so equal inputs give equal KID and
+    the caller's RNG stream is left untouched.
     The features are used in float64. Unlike FID, KID is not translation invariant, so the
     features are passed unshifted.
     """
@@ -272,10 +276,12 @@ def kernel_inception_distance(
         for features, is_real in ((real, True), (fake, False)):
             for i in range(0, features.shape[0], batch_size):
                 metric.update(features[i : i + batch_size], real=is_real)
-        with torch.random.fork_rng(devices=[]):
+        # the pipeline evaluates families in threads of one process: one seeded draw at a time
+        with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             mean, std = metric.compute()
     return float(mean), float(std)
+
 
 
 # ----------------------------------------------------------------------------- k-NN manifolds

@@ -83,8 +83,9 @@ def sample_quality(images: torch.Tensor, ref: Reference, extractor: Extractor, c
     }
     if probs is not None:
         is_mean, is_std = M.inception_score(probs)
-        hist = M.class_histogram(probs, ref.label_distribution)
-        out |= {"inception_score": is_mean, "inception_score_std": is_std,
-                "classes_covered": hist["classes_covered"], "class_kl": hist["kl_to_labels"],
-                "class_fractions": hist["fractions"]}
+        out |= {"inception_score": is_mean, "inception_score_std": is_std}
+        if probs.shape[1] == len(ref.label_distribution):  # the domain classifier's classes are the data's
+            hist = M.class_histogram(probs, ref.label_distribution)  # (Inception's 1008 ImageNet ones are not)
+            out |= {"classes_covered": hist["classes_covered"], "class_kl": hist["kl_to_labels"],
+                    "class_fractions": hist["fractions"]}
     return out

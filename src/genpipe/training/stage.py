@@ -79,10 +79,13 @@ def fit(
 ) -> LoopResult:
     """Load the train split, build the family's model, run the loop (on one rank)."""
     data = load_split(cfg.paths.data, "train")
+    spec = ImageSpec(data.shape, data.num_classes)
+    if get_family(family).trainer == "fit":  # by EM / in closed form, from its own seed: a fitted family
+        # trains in the flow's process, whose other threads draw from the global RNG, so no reseeding
+        return fit_once(build_model(cfg, family, spec), data, seed=cfg.seed, logger=logger,
+                        checkpointer=checkpointer, meta=meta)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    model = build_model(cfg, family, ImageSpec(data.shape, data.num_classes))
-    if not model.optimizer_groups():  # fitted by EM / in closed form, not by gradient steps
-        return fit_once(model, data, seed=cfg.seed, logger=logger, checkpointer=checkpointer, meta=meta)
+    model = build_model(cfg, family, spec)
     return train_loop(
         model, data, cfg.train_for(family), seed=cfg.seed, device=device, world=world,
         logger=logger, checkpointer=checkpointer, meta=meta, resume=resume,
@@ -94,8 +97,7 @@ def fit_once(
 ) -> LoopResult:
     """Train a :class:`FittedModel` (e.g. the Gaussian mixture): one ``fit``, one checkpoint."""
     t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    summary = model.fit(data.images, data.labels, seed)
+    summary = model.fit(data.images, data.labels, seed)  # its own seed: not the global RNG other threads use
     seconds = time.perf_counter() - t0
     weights = model.state_dict()
     state = {
@@ -184,7 +186,9 @@ def train_family(
     ok = False
     try:
         if cfg.train.runner == "local" or get_family(family).trainer == "fit":  # EM is not data-parallel
-            configure_cpu(cfg.train.threads)
+            # train.threads is the local runner's; a fitted family under Ray fits in the caller's
+            # process (the flow's, with pipeline.threads), whose threads it leaves alone
+            configure_cpu(cfg.train.threads if cfg.train.runner == "local" else 0)
             result = fit(
                 cfg, family, world=LocalWorld(), device=pick_device(cfg.train.device),
                 logger=tracking.MlflowTrainLogger(run_id, uri), checkpointer=LocalCheckpointer(out_dir),

@@ -62,7 +62,9 @@ def reuse_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
+    # freed memory at the top of the heap is returned only beyond 256 MiB: a few batches of
+    # activations stay mapped, a process's peak does not
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 256 * 1024 * 1024))
 
 
 def configure_cpu(threads: int = 0) -> None:
