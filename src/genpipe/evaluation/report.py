@@ -292,7 +292,9 @@ def verdict(metrics: dict[str, dict[str, Any]], losses: dict) -> list[str]:
     ll = {f: m["likelihood"]["bits_per_dim"] for f, m in metrics.items() if m.get("likelihood")}
     if ll:
         order = sorted(ll, key=ll.get)
-        lines.append("Likelihood (bits/dim, lower is better): " + " < ".join(f"{f} {ll[f]:.3f}" for f in order) + ".")
+        kind = {f: "" if metrics[f]["likelihood"]["kind"] == "exact" else " (bound)" for f in ll}
+        lines.append("Likelihood (bits/dim, lower is better; a bound is an upper bound on the true figure): "
+                     + " < ".join(f"{f} {ll[f]:.3f}{kind[f]}" for f in order) + ".")
         if "gmm" in ll:
             worse = [f for f in ll if f != "gmm" and ll[f] >= ll["gmm"]]
             lines.append("Every neural likelihood beats the Gaussian mixture." if not worse
@@ -321,8 +323,8 @@ def write_report(cfg: Config) -> dict[str, Any]:
     provenance = {
         "dataset_sha256": any_m["dataset_sha256"],
         "extractor": any_m["extractor"],
-        "num_samples": cfg.evaluate.num_samples,
-        "seed": cfg.seed,
+        "num_samples": any_m["quality"]["num_samples"],  # what was scored, not today's params
+        "seed": any_m["quality"].get("seed", cfg.seed),
         "families": {f: {"checkpoint_sha256": m["checkpoint_sha256"], "mlflow_run_id": m.get("mlflow_run_id"),
                          "sampling": m.get("sampling"), "nfe": m["speed"]["nfe"],
                          "speed": {k: m["speed"][k] for k in ("batch_size", "device", "threads", "repeats")}}
