@@ -36,12 +36,20 @@ from genpipe.storage import atomic_write_bytes, sha256_file
 from genpipe.training.checkpoint import FINAL, family_dir, load_model, seed_dir
 
 
-def load_trained(cfg: Config, family: str, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """``models/<family>/checkpoint.pt`` as an eval-mode model with its EMA weights."""
+def load_trained(cfg: Config, family: str, device: torch.device | str = "cpu",
+                 seed: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """``models/<family>/checkpoint.pt`` (or, with a ``seed`` other than params' ``seed``, the
+    replicate in ``models/<family>/seeds/<seed>/``) as an eval-mode model with its EMA weights."""
     get_family(family)
-    path = family_dir(cfg.paths.models, family) / FINAL
-    if not path.exists():
-        raise InputError(f"{path}: no trained model; run `genpipe train --family {family}` first")
+    if seed is None or seed == cfg.seed:
+        path = family_dir(cfg.paths.models, family) / FINAL
+        if not path.exists():
+            raise InputError(f"{path}: no trained model; run `genpipe train --family {family}` first")
+    else:
+        path = seed_dir(cfg.paths.models, family, seed) / FINAL
+        if not path.exists():
+            raise InputError(f"{path}: no {family} trained with seed {seed} (stability_seeds); "
+                             f"run `genpipe train --family {family} --seed {seed}`")
     card = read_card(cfg.paths.data)
     return load_model(path, card["shape"], card["num_classes"], device)
 
@@ -166,17 +174,13 @@ def seed_spread(cfg: Config, family: str, options: Any, extractor: Any, ref: Any
     noise seed and sample count; their mean and standard deviation (n - 1) are the spread across training seeds."""
     from genpipe.evaluation import metrics as M
 
-    e, card = cfg.evaluate, read_card(cfg.paths.data)
+    e = cfg.evaluate
     fids, shas = [fid], [checkpoint_sha256]
     for s in cfg.stability_seeds:
-        path = seed_dir(cfg.paths.models, family, s) / FINAL
-        if not path.exists():
-            raise InputError(f"{path}: no {family} trained with seed {s} (stability_seeds); "
-                             f"run `genpipe train --family {family} --seed {s}`")
-        replicate, _ = load_model(path, card["shape"], card["num_classes"], "cpu")
+        replicate, _ = load_trained(cfg, family, seed=s)
         images, _ = generate_images(replicate, e.num_samples, options, cfg.seed, e.batch_size)
         fids.append(M.frechet_distance(ref.train_features, extractor.features(images, e.batch_size)))
-        shas.append(sha256_file(path))
+        shas.append(sha256_file(seed_dir(cfg.paths.models, family, s) / FINAL))
     mean = sum(fids) / len(fids)
     std = math.sqrt(sum((f - mean) ** 2 for f in fids) / (len(fids) - 1))
     return {"training_seeds": [cfg.seed, *cfg.stability_seeds], "fid": fids, "fid_mean": mean, "fid_std": std,

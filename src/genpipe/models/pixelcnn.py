@@ -40,7 +40,7 @@ from torch import nn
 from genpipe.config import PixelCNNSamplingConfig, PixelCNNConfig
 from genpipe.errors import InputError
 from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup
-from genpipe.models.distributions import discretized_logistic_log_prob
+from genpipe.models.distributions import HALF_BIN, discretized_logistic_log_prob
 from genpipe.models.nets.masked import GatedLayer, channel_groups, pointwise_conv
 
 LEVELS = 256  # 8-bit sub-pixels
@@ -58,6 +58,7 @@ def categorical_log_prob(logits: torch.Tensor, levels: torch.Tensor) -> torch.Te
 
 
 LEVEL_VALUES = torch.arange(LEVELS, dtype=torch.float32) / 127.5 - 1.0  # level k as a pixel in [-1, 1]
+LEVEL_EDGES = LEVEL_VALUES[:-1].double() + HALF_BIN  # the 255 bin edges, between level k and k + 1
 MIN_LOG_SCALE = -7.0  # PixelCNN++'s floor on a logistic's log scale
 
 
@@ -86,8 +87,7 @@ def logistic_mixture_level_log_probs(params: torch.Tensor) -> torch.Tensor:
     pi = F.softmax(p[:, :, :m], dim=2).unsqueeze(2)  # (B, C, 1, M, ...)
     mean = p[:, :, m : 2 * m].unsqueeze(2)
     inv_scale = torch.exp(-p[:, :, 2 * m :].clamp_min(MIN_LOG_SCALE)).unsqueeze(2)
-    edges = (LEVEL_VALUES[:-1].double() + 1.0 / 255.0).to(params.device)  # between level k and k + 1
-    edges = edges.view(1, 1, LEVELS - 1, 1, *([1] * (params.dim() - 3)))
+    edges = LEVEL_EDGES.to(params.device).view(1, 1, LEVELS - 1, 1, *([1] * (params.dim() - 3)))
     cdf = (pi * torch.sigmoid((edges - mean) * inv_scale)).sum(3)  # (B, C, 255, ...)
     zero, one = torch.zeros_like(cdf[:, :, :1]), torch.ones_like(cdf[:, :, :1])
     probs = torch.diff(torch.cat([zero, cdf, one], dim=2), dim=2)  # (B, C, 256, ...), the edge bins take the tails
