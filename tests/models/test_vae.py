@@ -1,4 +1,4 @@
-"""The VAE's math: the discretised-logistic likelihood, the closed-form KL, the ELBO."""
+"""The VAE's math: the discretised-logistic likelihood, the closed-form KL, the ELBO, the VampPrior."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def vae(**cfg):
 
 
 def test_closed_form_kl_matches_monte_carlo():
-    model = vae()
+    model = vae(prior="standard")
     x = torch.rand(3, 1, 8, 8) * 2 - 1
     mu, logvar = model.encode(x)
     q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
@@ -62,17 +62,55 @@ def test_loss_is_negative_elbo_per_dimension():
     assert float(losses["elbo_bpd"]) == pytest.approx(float(-elbo) / (64 * math.log(2)), rel=1e-5)
 
 
-def test_iwae_bound_tightens_with_k():
+@pytest.mark.parametrize("prior", ["standard", "vamp"])
+def test_iwae_bound_tightens_with_k(prior):
     """IWAE-k >= ELBO in expectation, and grows with k (Burda et al. 2016, theorem 1)."""
     x = torch.rand(16, 1, 8, 8).mul(255).round().div(127.5).sub(1)
     means = {}
     for k in (1, 8, 64):
-        model = vae(iwae_samples=k)
+        model = vae(iwae_samples=k, prior=prior)
         torch.manual_seed(1)
         ll = model.log_likelihood(x)
         assert ll.estimator == ("elbo" if k == 1 else f"iwae-{k}") and ll.kind == "lower_bound"
         means[k] = float(ll.nats.mean())
     assert means[1] < means[8] < means[64]
+
+
+@pytest.mark.parametrize("prior", ["standard", "vamp"])
+def test_prior_density_integrates_to_one(prior):
+    """log p(z) is a normalised density: integrated over a 1-d latent on a fine grid."""
+    model = vae(latent_dim=1, prior=prior, pseudo_inputs=5)
+    with torch.no_grad():  # spread the pseudo-inputs so the mixture has distinct components
+        if prior == "vamp":
+            model.pseudo_inputs.copy_(torch.rand(5, 1, 8, 8) * 2 - 1)
+        z = torch.linspace(-40, 40, 200001).unsqueeze(1)
+        density = model.prior_log_prob(z, model.prior_components()).exp()
+    assert float(torch.trapezoid(density, z.squeeze(1))) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_vamp_prior_is_the_mean_of_the_pseudo_input_posteriors():
+    """p(z) = 1/K sum_k q(z | u_k) (Tomczak & Welling 2018, eq. 9), against torch.distributions."""
+    model = vae(pseudo_inputs=7)
+    with torch.no_grad():
+        model.pseudo_inputs.copy_(torch.rand(7, 1, 8, 8) * 2 - 1)
+        mu, logvar = model.encode(model.pseudo_inputs)
+        mixture = torch.distributions.MixtureSameFamily(
+            torch.distributions.Categorical(torch.ones(7)),
+            torch.distributions.Independent(torch.distributions.Normal(mu, (0.5 * logvar).exp()), 1),
+        )
+        z = torch.randn(50, 4) * 2
+        assert torch.allclose(model.prior_log_prob(z, model.prior_components()), mixture.log_prob(z), atol=1e-5)
+
+
+def test_vamp_latents_are_drawn_from_the_pseudo_input_posteriors():
+    """With one pseudo-input, z ~ q(z | u_1): its mean and spread, from 20,000 draws; a seed repeats them."""
+    model = vae(pseudo_inputs=1)
+    mu, logvar = (t[0].detach() for t in model.prior_components())
+    z = model.sample_latents(20000, torch.Generator().manual_seed(3))
+    assert torch.allclose(z.mean(0), mu, atol=0.05 * float((0.5 * logvar).exp().max()) + 1e-3)
+    assert torch.allclose(z.std(0), (0.5 * logvar).exp(), rtol=0.03)
+    again = model.sample_latents(20000, torch.Generator().manual_seed(3))
+    assert torch.equal(z, again)
 
 
 def test_conditional_vae_uses_the_label():

@@ -20,8 +20,20 @@ https://arxiv.org/abs/1509.00519, eq. 8), tighter than the ELBO as k grows:
 
     log p(x) >= log 1/k sum_i p(x, z_i) / q(z_i | x),   z_i ~ q(z | x)
 
+With ``prior: vamp`` the prior is the VampPrior (Tomczak & Welling 2018, "VAE with a
+VampPrior", https://arxiv.org/abs/1705.07120, eq. 9): the encoder's posterior averaged over
+K learned pseudo-inputs u_k,
+
+    p(z) = 1/K sum_k q(z | u_k),
+
+so the prior follows the aggregate posterior instead of leaving N(0, I)'s regions that no
+image encodes to (those decode to non-digits). Its KL has no closed form: the ELBO uses the
+single-sample estimate log q(z|x) - log p(z) at the reparameterised z, and IWAE uses this
+log p(z). Sampling draws k uniformly, then z ~ q(z | u_k).
+
 With ``conditional`` it is a conditional VAE (Sohn et al. 2015): the label's one-hot code
-is an input of both q(z | x, y) and p(x | z, y); the prior stays N(0, I).
+is an input of both q(z | x, y) and p(x | z, y); the prior stays independent of y (for the
+VampPrior, pseudo-input k carries the fixed label k mod the number of classes).
 """
 
 from __future__ import annotations
@@ -66,6 +78,10 @@ class VAE(nn.Module):
             *(upsample(a, b) for a, b in zip(rev[:-1], rev[1:])),
             group_norm(rev[-1]), nn.SiLU(), nn.Conv2d(rev[-1], 2 * c, 3, padding=1),
         )
+        if cfg.prior == "vamp":  # pseudo-inputs in [-1, 1] (hardtanh, as the paper), near the data's black
+            self.pseudo_inputs = nn.Parameter(torch.randn(cfg.pseudo_inputs, c, h, w) * 0.01 - 0.5)
+            labels = torch.arange(cfg.pseudo_inputs) % self.num_labels if self.num_labels else torch.empty(0)
+            self.register_buffer("pseudo_labels", labels.long(), persistent=False)
 
     # -- the two halves -------------------------------------------------------------
     def _with_label(self, h: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -92,13 +108,36 @@ class VAE(nn.Module):
             return None
         return (torch.arange(n) % self.num_labels if labels is None else labels.cpu()).to(device)
 
+    # -- the prior ----------------------------------------------------------------------
+    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The VampPrior's K components q(z | u_k): mu, logvar (K, latent_dim); None for N(0, I)."""
+        if self.cfg.prior != "vamp":
+            return None
+        u = nn.functional.hardtanh(self.pseudo_inputs)
+        return self.encode(u, self.pseudo_labels if self.num_labels else None)
+
+    def prior_log_prob(self, z: torch.Tensor, components: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """log p(z) per row of z (B, latent_dim), with ``components`` from :meth:`prior_components`."""
+        if components is None:
+            return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(1)
+        mu, logvar = components  # (K, Z)
+        diff = z.unsqueeze(1) - mu  # (B, K, Z)
+        log_qk = -0.5 * (diff.pow(2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(2)  # (B, K)
+        return log_qk.logsumexp(1) - math.log(mu.shape[0])
+
     def elbo_terms(self, x: torch.Tensor, eps: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per image: log p(x|z) with z = mu + sigma * eps, and KL(q(z|x) || N(0, I)), in nats."""
+        """Per image: log p(x|z) with z = mu + sigma * eps, and KL(q(z|x) || p(z)), in nats (closed
+        form for N(0, I); for the VampPrior the one-sample estimate log q(z|x) - log p(z))."""
         mu, logvar = self.encode(x, labels)
         z = mu + torch.exp(0.5 * logvar) * eps  # reparameterisation trick
         mean, log_scale = self.decode(z, labels)
         log_px_z = discretized_logistic_log_prob(x, mean, log_scale).flatten(1).sum(1)  # (B,)
-        kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # (B,)
+        components = self.prior_components()
+        if components is None:
+            kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # (B,)
+        else:
+            log_qz = -0.5 * (eps.pow(2) + math.log(2 * math.pi) + logvar).sum(1)
+            kl = log_qz - self.prior_log_prob(z, components)
         return log_px_z, kl
 
     # -- the family interface ---------------------------------------------------------
@@ -124,8 +163,16 @@ class VAE(nn.Module):
     ) -> torch.Tensor:
         return self.decode_latents(self.sample_latents(n, generator), labels)
 
+    @torch.no_grad()
     def sample_latents(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return cpu_randn((n, self.cfg.latent_dim), generator, next(self.parameters()).device)
+        device = next(self.parameters()).device
+        eps = cpu_randn((n, self.cfg.latent_dim), generator, device)
+        components = self.prior_components()
+        if components is None:
+            return eps
+        mu, logvar = components
+        k = torch.randint(mu.shape[0], (n,), generator=generator).to(device)  # a pseudo-input per draw
+        return mu[k] + torch.exp(0.5 * logvar[k]) * eps
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor, labels: torch.Tensor | None = None, options=None) -> torch.Tensor:
@@ -139,13 +186,14 @@ class VAE(nn.Module):
         k, labels = self.cfg.iwae_samples, (labels if self.num_labels else None)
         mu, logvar = self.encode(x, labels)  # (B, Z)
         std = torch.exp(0.5 * logvar)
+        components = self.prior_components()
         total = []
         for _ in range(k):  # one posterior sample per image at a time keeps memory flat in k
             eps = cpu_randn(mu.shape, generator, mu.device)
             z = mu + std * eps
             mean, log_scale = self.decode(z, labels)
             log_px_z = discretized_logistic_log_prob(x, mean, log_scale).flatten(1).sum(1)
-            log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(1)
+            log_pz = self.prior_log_prob(z, components)
             log_qz = -0.5 * (eps.pow(2) + math.log(2 * math.pi) + logvar).sum(1)
             total.append(log_px_z + log_pz - log_qz)  # log p(x, z_i) - log q(z_i | x)
         bound = torch.stack(total).logsumexp(0) - math.log(k)  # (B,)
@@ -160,5 +208,5 @@ FAMILY = Family(
     name="vae",
     config_type=VAEConfig,
     build=build_vae,
-    summary="convolutional VAE, discretised-logistic decoder; likelihood: IWAE-k (a lower bound)",
+    summary="convolutional VAE, discretised-logistic decoder, N(0, I) or VampPrior; likelihood: IWAE-k (a lower bound)",
 )
