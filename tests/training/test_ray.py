@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
+from ray.util.state import list_actors
 
 from genpipe.config import load_config
 from genpipe.data import prepare_dataset
@@ -43,3 +44,8 @@ def test_ray_train_two_workers_checkpoint_and_mlflow_run(project, ray_cluster, m
     model, _ = load_trained(cfg, "vae")  # the checkpoint loads and samples
     x = model.sample(4, generator=torch.Generator().manual_seed(0))
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
+
+    # the lean trainer: no per-fit actors for datasets, placement-group cleanup or preemption
+    actors = {a.class_name for a in list_actors(limit=10_000)}
+    assert {"TrainController", "RayTrainWorker"} <= actors
+    assert not actors & {"DatasetManager", "PlacementGroupCleaner", "PreemptionWatcher"}, actors

@@ -158,10 +158,38 @@ def _worker(config: dict[str, Any]) -> None:
 _INIT_LOCK = threading.Lock()  # the pipeline trains families in concurrent threads
 
 
+def _local_cluster() -> bool:
+    """True when this process starts (and owns) the Ray cluster: no ``RAY_ADDRESS``."""
+    return not os.environ.get("RAY_ADDRESS")
+
+
+class LeanTorchTrainer(TorchTrainer):
+    """``TorchTrainer`` without two per-fit helper actors it does not need here.
+
+    Every ``fit`` starts a process per helper actor, and each costs ~1.5-2.5 core-s of start-up
+    and imports (docs/benchmarks.md, "Where the CPU goes"): the ``DatasetManager`` serves
+    ``datasets``, which genpipe never passes (its workers read the Parquet shards themselves),
+    and the ``PlacementGroupCleaner`` removes the fit's placement group if the driver dies
+    without cleaning up, which on a local cluster is moot (the cluster dies with the driver).
+    On a cluster given by ``RAY_ADDRESS`` the cleaner stays. Ray 2.60 offers no switch for
+    either, so this filters its private ``_create_default_callbacks`` by class name;
+    ``tests/training/test_ray.py`` checks that neither actor is started, so a Ray upgrade that
+    renames them fails the suite instead of silently bringing the cost back.
+    """
+
+    def _create_default_callbacks(self):
+        drop = set() if self.datasets else {"DatasetsCallback"}
+        if _local_cluster():
+            drop.add("PlacementGroupCleanerCallback")
+        return [c for c in super()._create_default_callbacks() if type(c).__name__ not in drop]
+
+
 def ensure_ray() -> None:
     """Connect to ``RAY_ADDRESS`` if set, else start (or reuse) a local cluster; thread-safe."""
     # families queue for CPUs in the pipeline: waiting for workers is expected, not a failure
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3600")
+    if _local_cluster():  # one local node is never preempted: no watcher actor per fit
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     with _INIT_LOCK:
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
@@ -175,7 +203,7 @@ def train_with_ray(
     ensure_ray()
     tc = cfg.train
     storage = Path(tc.storage_path).resolve().as_posix() if "://" not in tc.storage_path else tc.storage_path
-    trainer = TorchTrainer(
+    trainer = LeanTorchTrainer(
         _worker,
         train_loop_config={
             "config": cfg.to_dict(),
