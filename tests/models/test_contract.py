@@ -17,7 +17,7 @@ from genpipe.models.base import FittedModel, LatentModel, LogLikelihood
 
 SPEC = ImageSpec(shape=(1, 8, 8), num_classes=10)
 # tiny settings per family, on top of that family's defaults
-TINY = {"vae": {"latent_dim": 4, "channels": [8, 16], "iwae_samples": 4}, "gmm": {"components": 2},
+TINY = {"vae": {"latent_dim": 4, "channels": [8, 16], "iwae_samples": 4, "prior": "vamp", "pseudo_inputs": 5}, "gmm": {"components": 2},
         "flow": {"steps_per_level": [2, 2], "hidden": 16},
         "gan": {"latent_dim": 4, "g_width": 8, "d_width": 8},
         "pixelcnn": {"hidden_channels": 8, "num_layers": 3},

@@ -34,7 +34,7 @@ def test_discretized_logistic_golden_value():
 
 def vae(**cfg):
     torch.manual_seed(0)
-    c = resolve({"vae": {"latent_dim": 4, "channels": [8, 16], **cfg}, "profiles": {"quick": {}}}).vae
+    c = resolve({"vae": {"latent_dim": 4, "channels": [8, 16], "prior": "vamp", **cfg}, "profiles": {"quick": {}}}).vae
     return FAMILIES["vae"].build(c, ImageSpec((1, 8, 8), 10))
 
 
@@ -129,6 +129,14 @@ def test_a_few_steps_learn_something():
     x = (torch.rand(32, 1, 8, 8, generator=g) > 0.7).float() * 2 - 1  # sparse binary images
     first, last = first_and_last_loss(model, x, lr=3e-3, steps=60)
     assert last < 0.5 * first
+
+
+def test_a_checkpoint_config_without_prior_is_the_standard_normal_prior():
+    """Configs written before `prior` existed build the N(0, I) model they were trained as."""
+    c = resolve({"vae": {"latent_dim": 4, "channels": [8, 16]}, "profiles": {"quick": {}}}).vae
+    model = FAMILIES["vae"].build(c, ImageSpec((1, 8, 8), 10))
+    assert c.prior == "standard" and model.prior_components() is None
+    assert not any("pseudo" in k for k in model.state_dict())
 
 
 def test_labels_and_bad_geometry_are_input_errors():

@@ -78,7 +78,7 @@ class VAE(nn.Module):
             *(upsample(a, b) for a, b in zip(rev[:-1], rev[1:])),
             group_norm(rev[-1]), nn.SiLU(), nn.Conv2d(rev[-1], 2 * c, 3, padding=1),
         )
-        if cfg.prior == "vamp":  # pseudo-inputs in [-1, 1] (hardtanh, as the paper), near the data's black
+        if cfg.prior == "vamp":  # pseudo-inputs, kept in [-1, 1] by a hardtanh (as the paper); start dark grey
             self.pseudo_inputs = nn.Parameter(torch.randn(cfg.pseudo_inputs, c, h, w) * 0.01 - 0.5)
             labels = torch.arange(cfg.pseudo_inputs) % self.num_labels if self.num_labels else torch.empty(0)
             self.register_buffer("pseudo_labels", labels.long(), persistent=False)
