@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import ray
 import torch
 from mlflow.tracking import MlflowClient
 from ray.util.state import list_actors
@@ -46,6 +47,7 @@ def test_ray_train_two_workers_checkpoint_and_mlflow_run(project, ray_cluster, m
     assert x.shape == (4, 1, 8, 8) and torch.isfinite(x).all()
 
     # the lean trainer: no per-fit actors for datasets, placement-group cleanup or preemption
-    actors = {a.class_name for a in list_actors(limit=10_000)}
+    # (the session's own cluster by address: another local Ray instance would make "auto" ambiguous)
+    actors = {a.class_name for a in list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000)}
     assert {"TrainController", "RayTrainWorker"} <= actors
     assert not actors & {"DatasetManager", "PlacementGroupCleaner", "PreemptionWatcher"}, actors
