@@ -194,8 +194,9 @@ def test_colder_samples_are_more_likely_under_the_model(output):
     assert model.log_likelihood(cold).nats.mean() > model.log_likelihood(warm).nats.mean()
 
 
-def test_conditional_logits_change_with_the_label():
-    model = pixelcnn(conditional=True)
+@pytest.mark.parametrize("output", ["categorical", "logistic_mixture"])
+def test_conditional_logits_change_with_the_label(output):
+    model = pixelcnn(conditional=True, output=output)
     x = images(2, (1, 8, 8))
     three = model.outputs(x, torch.tensor([3, 3]))
     seven = model.outputs(x, torch.tensor([7, 7]))
@@ -209,8 +210,9 @@ def test_conditional_logits_change_with_the_label():
     assert torch.allclose(marginal.nats, torch.logsumexp(per_class, 0) - math.log(10), atol=1e-4)
 
 
-def test_conditional_sampling_uses_the_labels():
-    model = pixelcnn((1, 4, 4), conditional=True)
+@pytest.mark.parametrize("output", ["categorical", "logistic_mixture"])
+def test_conditional_sampling_uses_the_labels(output):
+    model = pixelcnn((1, 4, 4), conditional=True, output=output)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     balanced = model.sample(10, generator=g())  # labels None: i % 10
     assert torch.equal(balanced, model.sample(10, labels=torch.arange(10), generator=g()))
