@@ -140,6 +140,14 @@ def test_classifier_shapes_and_shift():
     assert torch.equal(random_shift(x, 0, torch.Generator()), x)
     y = random_shift(x, 1, torch.Generator().manual_seed(0))
     assert y.shape == x.shape and set(y.unique().tolist()) <= set(x.unique().tolist())
+    # one bright centre pixel, 200 images: each comes back translated by its own offset in
+    # [-1, 1]^2 (the pixel moves, nothing else appears), and all nine offsets occur
+    dot = torch.zeros(200, 1, 5, 5)
+    dot[:, :, 2, 2] = 1.0
+    moved = random_shift(dot, 1, torch.Generator().manual_seed(1))
+    assert torch.equal(moved.sum((1, 2, 3)), torch.ones(200))
+    where = {divmod(int(i), 5) for i in moved.flatten(1).argmax(1)}
+    assert where == {(r, c) for r in (1, 2, 3) for c in (1, 2, 3)}
 
 
 # ----------------------------------------------------------------------------- FID Inception
