@@ -10,7 +10,7 @@ import torch
 from genpipe.config import resolve
 from genpipe.errors import InputError
 from genpipe.models import FAMILIES, ImageSpec
-from genpipe.models.distributions import discretized_logistic_log_prob
+from genpipe.models.distributions import discretized_logistic_log_prob, gaussian_log_prob
 from tests.models.training_steps import first_and_last_loss
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 127.5 - 1.0  # the 256 pixel values in [-1, 1]
@@ -30,6 +30,12 @@ def test_discretized_logistic_golden_value():
     expected = 1 / (1 + math.exp(-(float(x) + 1 / 255) / s)) - 1 / (1 + math.exp(-(float(x) - 1 / 255) / s))
     got = discretized_logistic_log_prob(x, torch.tensor(0.0, dtype=torch.float64), torch.tensor(-2.0, dtype=torch.float64))
     assert float(got) == pytest.approx(math.log(expected), rel=1e-9)
+
+
+def test_gaussian_log_prob_matches_torch_distributions():
+    z, mean, log_std = torch.randn(5, 3), torch.randn(5, 3), torch.randn(5, 3) * 0.5
+    expected = torch.distributions.Normal(mean, log_std.exp()).log_prob(z)
+    assert torch.allclose(gaussian_log_prob(z, mean, log_std), expected, atol=1e-6)
 
 
 def vae(**cfg):

@@ -18,6 +18,12 @@ import torch.nn.functional as F
 HALF_BIN = 1.0 / 255.0  # pixels live on 256 levels in [-1, 1], 2/255 apart
 
 
+def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, exp(log_std)^2) elementwise (broadcast; the caller sums over its dims):
+    the continuous density of latents (a flow's prior, a VAE's prior and posterior)."""
+    return -0.5 * (math.log(2 * math.pi) + 2.0 * log_std + ((z - mean) * torch.exp(-log_std)).pow(2))
+
+
 def discretized_logistic_log_prob(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """log P(x) per element for x on the 256-level grid of [-1, 1]; all tensors broadcast."""
     centered = x - mean

@@ -44,18 +44,13 @@ from torch import nn
 from genpipe.config import FlowConfig
 from genpipe.errors import InputError
 from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup, cpu_randn
+from genpipe.models.distributions import gaussian_log_prob
 from genpipe.models.flow_layers import (
     HALF_BIN, FlowStep, IdentityTransform, LogitTransform, ZeroConv2d, squeeze, unsqueeze,
 )
 
 LOG_BIN = math.log(2.0 * HALF_BIN)  # log width of one pixel bin, log(2/255)
 PRIOR_LOGS_RANGE = (-7.0, 4.0)  # prior log-stds are clamped here: no zero or huge variance
-
-
-def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, logs: torch.Tensor) -> torch.Tensor:
-    """sum log N(z; mean, exp(logs)^2) over all but the batch dimension -> (B,)."""
-    lp = -0.5 * (math.log(2 * math.pi) + 2.0 * logs + ((z - mean) * torch.exp(-logs)).pow(2))
-    return lp.flatten(1).sum(1)
 
 
 def class_table(num_classes: int, width: int) -> nn.Embedding:
@@ -192,7 +187,7 @@ class Glow(nn.Module):
         """log p(x | y) = sum_i log N(z_i; mu_i, sigma_i) + log|det df/dx|, (B,)."""
         zs, kept, logdet = self.encode(x, labels)
         params = self.prior_params(kept, labels)
-        return logdet + sum(gaussian_log_prob(z, m, s) for z, (m, s) in zip(zs, params))
+        return logdet + sum(gaussian_log_prob(z, m, s).flatten(1).sum(1) for z, (m, s) in zip(zs, params))
 
     def _unflatten(self, eps: torch.Tensor) -> list[torch.Tensor]:
         sizes = [math.prod(s) for s in self.latent_shapes]

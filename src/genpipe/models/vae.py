@@ -46,7 +46,7 @@ from torch import nn
 from genpipe.config import VAEConfig
 from genpipe.errors import InputError
 from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup, cpu_randn
-from genpipe.models.distributions import discretized_logistic_log_prob
+from genpipe.models.distributions import discretized_logistic_log_prob, gaussian_log_prob
 from genpipe.models.nets.conv import ResBlock, downsample, group_norm, upsample
 
 
@@ -113,16 +113,14 @@ class VAE(nn.Module):
         """The VampPrior's K components q(z | u_k): mu, logvar (K, latent_dim); None for N(0, I)."""
         if self.cfg.prior != "vamp":
             return None
-        u = nn.functional.hardtanh(self.pseudo_inputs)
-        return self.encode(u, self.pseudo_labels if self.num_labels else None)
+        return self.encode(nn.functional.hardtanh(self.pseudo_inputs), self.pseudo_labels)  # labels: conditional only
 
     def prior_log_prob(self, z: torch.Tensor, components: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         """log p(z) per row of z (B, latent_dim), with ``components`` from :meth:`prior_components`."""
         if components is None:
-            return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(1)
+            return gaussian_log_prob(z, z.new_zeros(()), z.new_zeros(())).sum(1)
         mu, logvar = components  # (K, Z)
-        diff = z.unsqueeze(1) - mu  # (B, K, Z)
-        log_qk = -0.5 * (diff.pow(2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(2)  # (B, K)
+        log_qk = gaussian_log_prob(z.unsqueeze(1), mu, 0.5 * logvar).sum(2)  # (B, K)
         return log_qk.logsumexp(1) - math.log(mu.shape[0])
 
     def elbo_terms(self, x: torch.Tensor, eps: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,8 +134,7 @@ class VAE(nn.Module):
         if components is None:
             kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)  # (B,)
         else:
-            log_qz = -0.5 * (eps.pow(2) + math.log(2 * math.pi) + logvar).sum(1)
-            kl = log_qz - self.prior_log_prob(z, components)
+            kl = gaussian_log_prob(z, mu, 0.5 * logvar).sum(1) - self.prior_log_prob(z, components)
         return log_px_z, kl
 
     # -- the family interface ---------------------------------------------------------
@@ -193,9 +190,8 @@ class VAE(nn.Module):
             z = mu + std * eps
             mean, log_scale = self.decode(z, labels)
             log_px_z = discretized_logistic_log_prob(x, mean, log_scale).flatten(1).sum(1)
-            log_pz = self.prior_log_prob(z, components)
-            log_qz = -0.5 * (eps.pow(2) + math.log(2 * math.pi) + logvar).sum(1)
-            total.append(log_px_z + log_pz - log_qz)  # log p(x, z_i) - log q(z_i | x)
+            log_qz = gaussian_log_prob(z, mu, 0.5 * logvar).sum(1)
+            total.append(log_px_z + self.prior_log_prob(z, components) - log_qz)  # log p(x, z_i) - log q(z_i | x)
         bound = torch.stack(total).logsumexp(0) - math.log(k)  # (B,)
         return LogLikelihood(nats=bound, kind="lower_bound", estimator="elbo" if k == 1 else f"iwae-{k}")
 
