@@ -95,18 +95,23 @@ class FeaturesConfig(Section):
 
 
 class EvaluateConfig(Section):
-    batch_size: int = Field(256, ge=1)
-    grid_samples: int = Field(64, ge=1, le=1024)  # images in the evaluation sample grid
+    batch_size: int = Field(256, ge=1)  # sampling batch; images/s is timed on these batches
+    grid_samples: int = Field(64, ge=1, le=1024)  # the first scored images, shown as the sample grid
     num_samples: int = Field(1000, ge=2)  # generated images per distribution metric (never < feature_dim)
     kid_subsets: int = Field(50, ge=1)
     kid_subset_size: int = Field(500, ge=2)
     pr_k: int = Field(3, ge=1)  # k of improved precision and recall (Kynkaanniemi et al. 2019)
     dc_k: int = Field(5, ge=1)  # k of density and coverage (Naeem et al. 2020)
-    speed_batch_size: int = Field(64, ge=1)  # batch at which sampling speed is measured
-    speed_repeats: int = Field(3, ge=1)  # timed batches after one warm-up batch
     # diffusion: FID against NFE, each entry overriding diffusion.sampling, on sweep_samples images
     diffusion_sweep: tuple[dict[str, Any], ...] = ()
     sweep_samples: int = Field(500, ge=2)
+
+    @model_validator(mode="after")
+    def _grid_within_scored(self) -> EvaluateConfig:
+        if self.grid_samples > self.num_samples:
+            raise ValueError(f"grid_samples={self.grid_samples} exceeds num_samples={self.num_samples} "
+                             "(the grid shows the first scored images)")
+        return self
 
 
 class StorageConfig(Section):
@@ -430,7 +435,8 @@ def _validate(tree: dict[str, Any], where: str, prefix: str = "") -> Config:
     except ValidationError as exc:
         err = exc.errors()[0]
         key = prefix + ".".join(str(p) for p in err["loc"])
-        got = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
+        # a section's own check (model_validator) names its keys: no dump of the whole section
+        got = "" if err["type"] == "extra_forbidden" or isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
         more = f" [+{exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
         raise InputError(f"{where}: {key}: {err['msg']}{got}{more}") from None
     try:

@@ -15,7 +15,9 @@ from PIL import Image
 from genpipe.config import load_config
 from genpipe.data import prepare_dataset
 from genpipe.errors import InputError
-from genpipe.evaluation import evaluate_family, heldout_likelihood, make_grid
+from genpipe.evaluation import evaluate_family, heldout_likelihood, load_trained, make_grid
+from genpipe.evaluation.speed import TimedSamples, sample_timed, sampling_speed
+from genpipe.models import sampling_options
 from genpipe.evaluation.features import train_feature_net
 from genpipe.models.base import LogLikelihood
 from genpipe.storage import sha256_file
@@ -52,6 +54,20 @@ def test_make_grid_tiles_and_scales():
         make_grid(images.float())
 
 
+def test_sampling_speed_is_the_median_rate_of_the_batches_after_the_warm_up():
+    model = torch.nn.Linear(1, 1)  # NFE is the family's; a plain module counts 1
+    images = torch.zeros(35, 1, 2, 2, dtype=torch.uint8)
+    slow_first = TimedSamples(images, ((10, 100.0), (10, 1.0), (10, 4.0), (5, 0.5)))  # 0.1, then 10, 2.5, 10 images/s
+    speed = sampling_speed(model, None, slow_first)
+    assert speed["images_per_s"] == 10.0 and speed["timed_batches"] == 3 and speed["warm_up_excluded"] is True
+    assert speed["batch_size"] == 10
+    even = TimedSamples(images[:30], ((10, 100.0), (10, 1.0), (10, 4.0)))  # median of 10 and 2.5
+    assert sampling_speed(model, None, even)["images_per_s"] == 6.25
+    single = sampling_speed(model, None, TimedSamples(images[:10], ((10, 2.0),)))  # nothing to leave out
+    assert single["images_per_s"] == 5.0 and single["warm_up_excluded"] is False and single["timed_batches"] == 1
+    assert slow_first.seconds == 105.5
+
+
 def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri):
     cfg = load_config("params.yaml")
     prepare_dataset(cfg)
@@ -74,6 +90,11 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri):
     assert metrics["mlflow_run_id"] == out.run_id and metrics["checkpoint_step"] == 40
     grid = Image.open(project / metrics["samples_png"])
     assert grid.size[0] > 4 * 8 * 4  # 16 samples, 4 per row, upscaled
+    # the grid shows the first of the scored images: the same 48 from the same seed, 16 at a time
+    model, _ = load_trained(cfg, "vae")
+    scored = sample_timed(model, 48, sampling_options(cfg, "vae"), cfg.seed, 16)
+    assert [n for n, _ in scored.batches] == [16, 16, 16]
+    assert np.array_equal(np.asarray(grid), np.asarray(make_grid(scored.images[:16])))
     assert metrics["figures"] == ["figures/vae/samples.png", "figures/vae/interpolation.png", "figures/vae/traversal.png"]
     inter = Image.open(project / "figures/vae/interpolation.png")
     assert inter.size == (4 * (10 * 10 + 2), 4 * (8 * 10 + 2))  # 8 rows of 10 frames, 8x8 images, pad 2
@@ -91,7 +112,9 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri):
     assert q["fid"] > 0 and 0 <= q["precision"] <= 1 and 0 <= q["recall"] <= 1 and 0 <= q["coverage"] <= 1
     assert 1.0 <= q["inception_score"] <= 10.0 and 1 <= q["classes_covered"] <= 10
     assert q["memorisation"]["ratio"] > 0
-    assert metrics["speed"]["nfe"] == 1 and metrics["speed"]["images_per_s"] > 0 and metrics["speed"]["batch_size"] == 8
+    # timed on the scored batches (48 = 3 x 16), the first left out as the warm-up
+    assert metrics["speed"]["nfe"] == 1 and metrics["speed"]["images_per_s"] > 0 and metrics["speed"]["batch_size"] == 16
+    assert metrics["speed"]["timed_batches"] == 2 and metrics["speed"]["warm_up_excluded"] is True
     assert metrics["training"]["steps"] == 40 and metrics["training"]["seconds"] > 0
     assert run.data.metrics["eval/fid"] == pytest.approx(q["fid"])
     # evaluation is reproducible: same checkpoint, same seed, same numbers
@@ -134,8 +157,8 @@ def test_diffusion_sampler_sweep_rows_and_the_reused_main_setting(in_trained):
     from genpipe.evaluation import metrics as M
     from genpipe.evaluation.features import load_extractor
     from genpipe.evaluation.quality import load_reference
-    from genpipe.evaluation.stage import generate_images, sampler_sweep
-    from genpipe.models import ImageSpec, get_family, sampling_options
+    from genpipe.evaluation.stage import sampler_sweep
+    from genpipe.models import ImageSpec, get_family
 
     overrides = ["diffusion.timesteps=20", "diffusion.channels=8", "diffusion.channel_mults=[1,2]",
                  "diffusion.attention_levels=[]", "diffusion.sampling.steps=5", "evaluate.sweep_samples=24",
@@ -146,11 +169,12 @@ def test_diffusion_sampler_sweep_rows_and_the_reused_main_setting(in_trained):
     extractor = load_extractor(cfg)
     ref = load_reference(cfg, extractor)
     base = sampling_options(cfg, "diffusion")
-    main = generate_images(model, 40, base, cfg.seed, 16)
+    main = sample_timed(model, 40, base, cfg.seed, 16)
     rows = sampler_sweep(cfg, model, base, extractor, ref, main)
     assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows] == [("ddim", 5, 5), ("dpm_solver++", 4, 4), ("ddpm", None, 20)]
     assert all(r["num_samples"] == 24 and r["extractor_id"] == extractor.id and r["seed"] == 0 for r in rows)
-    assert rows[0]["fid"] == M.frechet_distance(ref.train_features, extractor.features(main[0][:24], 16))
+    assert rows[0]["fid"] == M.frechet_distance(ref.train_features, extractor.features(main.images[:24], 16))
+    assert rows[0]["images_per_s"] == sampling_speed(model, base, main)["images_per_s"]  # the main setting's speed
     assert len({r["fid"] for r in rows}) == 3
 
     # a bad entry fails when params load (before any training), naming the entry

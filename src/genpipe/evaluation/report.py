@@ -230,9 +230,9 @@ COLUMNS = [  # (key, header)
 TABLE_NOTES = [
     "Sweep rows use their own sample count (n); FID is biased upward at small n, so compare a row "
     "with rows of the same n. The real row scores the held-out test images (small n) with the same code.",
-    "images/s: a family's row measures sampling at evaluate.speed_batch_size after a warm-up batch "
-    "(median of evaluate.speed_repeats batches); a sweep row (†) is the throughput of generating its n "
-    "images at evaluate.batch_size, without warm-up. Compare sweep rows with each other.",
+    "images/s: timed on the very batches that were scored (evaluate.batch_size images each), the "
+    "median over the batches after the first, which warms up (with a single batch, that one); sweep "
+    "rows likewise on their n images.",
     "Sharpness: mean squared Laplacian relative to the real train images (< 1 blurrier). NN-dist ratio: "
     "mean nearest-train-image distance of samples over that of held-out real images (< 1: closer to the "
     "training images than unseen real ones are — copying).",
@@ -244,8 +244,6 @@ def _cell(row: dict[str, Any], key: str) -> str:
     text = _fmt(row.get(key))
     if key == "bpd" and row.get("bpd_kind") == "bound":
         text += " (bound)"
-    if key == "images_per_s" and row.get("sweep") and row.get(key) is not None:
-        text += " †"
     return text
 
 
@@ -327,7 +325,7 @@ def write_report(cfg: Config) -> dict[str, Any]:
         "seed": any_m["quality"].get("seed", cfg.seed),
         "families": {f: {"checkpoint_sha256": m["checkpoint_sha256"], "mlflow_run_id": m.get("mlflow_run_id"),
                          "sampling": m.get("sampling"), "nfe": m["speed"]["nfe"],
-                         "speed": {k: m["speed"][k] for k in ("batch_size", "device", "threads", "repeats")}}
+                         "speed": {k: m["speed"].get(k) for k in ("batch_size", "device", "threads", "timed_batches")}}
                      for f, m in metrics.items()},
     }
     md = _markdown(rows, lines, plots, grids, provenance, folder)

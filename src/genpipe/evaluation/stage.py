@@ -4,7 +4,8 @@ For the trained family: the held-out likelihood (bits/dim, exact or a bound, sai
 ``evaluate.num_samples`` images from seed ``seed`` scored by every distribution metric
 (:mod:`genpipe.evaluation.quality`: FID, KID, precision/recall, density/coverage,
 Inception-style score and class histogram, memorisation, sharpness) in the features of the
-extractor named in the result; sampling cost (:mod:`genpipe.evaluation.speed`); training cost
+extractor named in the result, the first ``evaluate.grid_samples`` of them shown as the sample
+grid; sampling cost, timed on those same batches (:mod:`genpipe.evaluation.speed`); training cost
 (steps and wall-clock of the checkpoint); with ``stability_seeds``, FID of the replicates
 trained with those seeds and its spread; for diffusion, the sampler sweep
 (``evaluate.diffusion_sweep``: FID against NFE).
@@ -27,9 +28,10 @@ from typing import Any
 import torch
 
 from genpipe.config import Config
-from genpipe.data import load_split, read_card, to_model_range, to_uint8
+from genpipe.data import load_split, read_card, to_model_range
 from genpipe.errors import InputError
 from genpipe.evaluation.grid import make_grid
+from genpipe.evaluation.speed import TimedSamples, model_device, sample_timed, sampling_speed
 from genpipe.models import get_family, sampling_options
 from genpipe.models.base import LatentModel, network_evaluations
 from genpipe.storage import atomic_write_bytes, sha256_file
@@ -59,7 +61,7 @@ def heldout_likelihood(model: torch.nn.Module, images: torch.Tensor, labels: tor
                        seed: int = 0) -> dict[str, Any] | None:
     """Mean -log p(x) over ``images`` (uint8) in nats/image and bits/dim, or None; an
     estimator's noise comes from ``seed`` alone."""
-    device = next(iter([*model.parameters(), *model.buffers()])).device
+    device = model_device(model)
     total, kind, estimator = 0.0, None, None
     generator = torch.Generator().manual_seed(seed)
     for i in range(0, len(images), batch_size):
@@ -84,8 +86,8 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
     test = load_split(cfg.paths.data, "test")
     likelihood = heldout_likelihood(model, test.images, test.labels, cfg.evaluate.batch_size, cfg.seed)
     options = sampling_options(cfg, family)
-    samples = model.sample(cfg.evaluate.grid_samples, generator=torch.Generator().manual_seed(cfg.seed), options=options)
-    grid = make_grid(to_uint8(samples.float().cpu()))
+    scored = sample_timed(model, cfg.evaluate.num_samples, options, cfg.seed, cfg.evaluate.batch_size)
+    grid = make_grid(scored.images[: cfg.evaluate.grid_samples])  # shows what was scored
 
     metrics_dir, figures = Path(cfg.paths.metrics), Path(cfg.paths.figures) / family
     grid_path = figures / "samples.png"
@@ -111,7 +113,7 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
 
         figure_paths += write_latent_grids(model, figures, cfg.seed, cfg.seed + 1, options=options)
     metrics["figures"] = [p.as_posix() for p in figure_paths]
-    metrics |= protocol_metrics(cfg, family, model, options, state, metrics["checkpoint_sha256"])
+    metrics |= protocol_metrics(cfg, family, model, options, state, metrics["checkpoint_sha256"], scored)
     metrics["seconds"] = time.perf_counter() - t0
     atomic_write_bytes(metrics_dir / f"{family}.json", (json.dumps(metrics, indent=2) + "\n").encode())
 
@@ -131,39 +133,28 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
     return metrics
 
 
-@torch.no_grad()
-def generate_images(model: torch.nn.Module, n: int, options: Any, seed: int, batch_size: int) -> tuple[torch.Tensor, float]:
-    """``n`` uint8 images from one seeded generator, in batches; and the seconds it took."""
-    generator = torch.Generator().manual_seed(seed)
-    t0, out = time.perf_counter(), []
-    for i in range(0, n, batch_size):
-        out.append(to_uint8(model.sample(min(batch_size, n - i), generator=generator, options=options).float().cpu()))
-    return torch.cat(out), time.perf_counter() - t0
-
-
 def protocol_metrics(cfg: Config, family: str, model: torch.nn.Module, options: Any, state: dict,
-                     checkpoint_sha256: str) -> dict[str, Any]:
-    """The distribution metrics, sampling and training cost (and the sampler sweep) of ``model``."""
+                     checkpoint_sha256: str, scored: TimedSamples) -> dict[str, Any]:
+    """The distribution metrics of ``scored`` (``evaluate.num_samples`` images of ``model``
+    from seed ``seed``), sampling and training cost (and the sampler sweep)."""
     from genpipe.evaluation.features import load_extractor
     from genpipe.evaluation.quality import load_reference, sample_quality
-    from genpipe.evaluation.speed import sampling_speed
 
     e = cfg.evaluate
     extractor = load_extractor(cfg)
     ref = load_reference(cfg, extractor)
-    images, gen_seconds = generate_images(model, e.num_samples, options, cfg.seed, e.batch_size)
-    quality = sample_quality(images, ref, extractor, cfg) | {"seed": cfg.seed, "generation_seconds": gen_seconds}
+    quality = sample_quality(scored.images, ref, extractor, cfg) | {"seed": cfg.seed, "generation_seconds": scored.seconds}
     out: dict[str, Any] = {
         "extractor": extractor.card,
         "quality": quality,
-        "speed": sampling_speed(model, options, e.speed_batch_size, e.speed_repeats, cfg.seed),
+        "speed": sampling_speed(model, options, scored),
         "training": {"steps": state["step"], "seconds": state.get("train_seconds"),
                      "world_size": state.get("meta", {}).get("world_size")},
     }
     if cfg.stability_seeds:
         out["seeds"] = seed_spread(cfg, family, options, extractor, ref, quality["fid"], checkpoint_sha256)
     if family == "diffusion" and e.diffusion_sweep:
-        out["sweep"] = sampler_sweep(cfg, model, options, extractor, ref, (images, gen_seconds))
+        out["sweep"] = sampler_sweep(cfg, model, options, extractor, ref, scored)
     return out
 
 
@@ -178,7 +169,7 @@ def seed_spread(cfg: Config, family: str, options: Any, extractor: Any, ref: Any
     fids, shas = [fid], [checkpoint_sha256]
     for s in cfg.stability_seeds:
         replicate, _ = load_trained(cfg, family, seed=s)
-        images, _ = generate_images(replicate, e.num_samples, options, cfg.seed, e.batch_size)
+        images = sample_timed(replicate, e.num_samples, options, cfg.seed, e.batch_size).images
         fids.append(M.frechet_distance(ref.train_features, extractor.features(images, e.batch_size)))
         shas.append(sha256_file(seed_dir(cfg.paths.models, family, s) / FINAL))
     mean = sum(fids) / len(fids)
@@ -189,20 +180,21 @@ def seed_spread(cfg: Config, family: str, options: Any, extractor: Any, ref: Any
 
 
 def sampler_sweep(cfg: Config, model: torch.nn.Module, base: Any, extractor: Any, ref: Any,
-                  main: tuple[torch.Tensor, float] | None = None) -> list[dict[str, Any]]:
+                  main: TimedSamples | None = None) -> list[dict[str, Any]]:
     """FID, KID, precision/recall, NFE and images/s per sampler setting of
     ``evaluate.diffusion_sweep`` (each entry overrides ``diffusion.sampling``), all on
     ``evaluate.sweep_samples`` images from the same seed. ``main``: the main evaluation's
-    images and seconds with the ``base`` setting; an entry equal to ``base`` scores its first
-    ``sweep_samples`` images instead of sampling them again."""
+    timed images with the ``base`` setting; an entry equal to ``base`` scores their first
+    ``sweep_samples`` and takes the main evaluation's speed instead of sampling again."""
     from genpipe.evaluation import metrics as M
 
     e, rows = cfg.evaluate, []
     for options in cfg.sweep_settings():
-        if main is not None and options == base and len(main[0]) >= e.sweep_samples:
-            images, seconds = main[0][: e.sweep_samples], main[1] * e.sweep_samples / len(main[0])
+        if main is not None and options == base and len(main.images) >= e.sweep_samples:
+            images, speed = main.images[: e.sweep_samples], sampling_speed(model, options, main)
         else:
-            images, seconds = generate_images(model, e.sweep_samples, options, cfg.seed, e.batch_size)
+            timed = sample_timed(model, e.sweep_samples, options, cfg.seed, e.batch_size)
+            images, speed = timed.images, sampling_speed(model, options, timed)
         feats = extractor.features(images, e.batch_size)
         precision, recall = M.precision_recall(ref.train_features, feats, e.pr_k)
         rows.append({
@@ -212,7 +204,7 @@ def sampler_sweep(cfg: Config, model: torch.nn.Module, base: Any, extractor: Any
             "kid": M.kernel_inception_distance(ref.train_features, feats, e.kid_subsets, e.kid_subset_size, seed=cfg.seed,
                                                key="evaluate.sweep_samples")[0],
             "precision": precision, "recall": recall,
-            "images_per_s": len(images) / seconds, "extractor_id": extractor.id,
+            "images_per_s": speed["images_per_s"], "extractor_id": extractor.id,
             "sampling": options.model_dump(mode="json"),
         })
     return rows
