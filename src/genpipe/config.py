@@ -263,7 +263,7 @@ class PixelCNNConfig(FamilyConfig):
 
     lr: float = Field(2e-2, gt=0.0, le=1.0)  # high, for a few hundred steps; ~1e-3 for long runs
     hidden_channels: int = Field(16, ge=1)  # feature maps per stack (2x that before the gates)
-    num_layers: int = Field(9, ge=1)  # gated layers, the first of mask type A
+    num_layers: int = Field(7, ge=1)  # gated layers, the first of mask type A
     first_kernel_size: int = Field(7, ge=3)  # kernel of the first (type A) layer, odd
     kernel_size: int = Field(3, ge=3)  # kernel of the type-B layers, odd
     dilations: tuple[PositiveInt, ...] = Field((1,), min_length=1)  # of the type-B layers, cycled (1: the paper's)
