@@ -15,6 +15,7 @@ TINY = {
     "data": {"resolution": 8},
     "train": {
         "runner": "local", "num_workers": 2, "steps": 40, "batch_size": 16, "warmup_steps": 5,
+        "precision": "fp32",  # the same numbers on every CPU (auto is bf16 where the CPU has it)
         "log_every": 5, "sample_every": 20, "checkpoint_every": 20, "threads": 1,
     },
     "vae": {"latent_dim": 4, "channels": [8, 16]},

@@ -56,7 +56,9 @@ class TrainConfig(Section):
     num_workers: int = Field(2, ge=1, le=1024)  # Ray Train workers (DDP ranks)
     use_gpu: bool = False  # one GPU per Ray worker (NCCL); CPU workers use gloo
     device: Literal["auto", "cpu", "cuda"] = "auto"  # local runner only; auto = cuda if present
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # auto: bf16 autocast where the device computes bf16 natively (CUDA; a CPU with AVX512-BF16
+    # or AMX), else fp32; each family may set its own (the flow keeps fp32)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     steps: int = Field(2000, ge=1)  # optimizer steps in total (each phase of a family)
     batch_size: int = Field(64, ge=1)  # per worker
     warmup_steps: int = Field(100, ge=0)  # linear warm-up, then cosine decay to lr_min_ratio*lr
@@ -156,6 +158,7 @@ class FamilyConfig(Section):
     conditional: bool = False  # learn p(x | y) from the dataset labels; sample takes labels
     steps: int | None = Field(None, ge=1)  # this family's optimizer steps; None = train.steps
     batch_size: int | None = Field(None, ge=1)  # this family's batch per worker; None = train.batch_size
+    precision: Literal["auto", "fp32", "bf16"] | None = None  # this family's; None = train.precision
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -355,9 +358,9 @@ class Config(Section):
         return section
 
     def train_for(self, name: str) -> TrainConfig:
-        """``train`` with the family's own ``steps`` / ``batch_size`` where it sets them."""
+        """``train`` with the family's own ``steps`` / ``batch_size`` / ``precision`` where it sets them."""
         fam = self.family(name)
-        own = {k: v for k, v in (("steps", fam.steps), ("batch_size", fam.batch_size)) if v is not None}
+        own = {k: getattr(fam, k) for k in ("steps", "batch_size", "precision") if getattr(fam, k) is not None}
         return self.train.model_copy(update=own)
 
     def sweep_settings(self) -> list[DiffusionSamplingConfig]:

@@ -116,6 +116,7 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri):
     assert metrics["speed"]["nfe"] == 1 and metrics["speed"]["images_per_s"] > 0 and metrics["speed"]["batch_size"] == 16
     assert metrics["speed"]["timed_batches"] == 2 and metrics["speed"]["warm_up_excluded"] is True
     assert metrics["training"]["steps"] == 40 and metrics["training"]["seconds"] > 0
+    assert metrics["training"]["precision"] == "fp32"  # what the steps ran in (tests pin fp32)
     assert run.data.metrics["eval/fid"] == pytest.approx(q["fid"])
     # evaluation is reproducible: same checkpoint, same seed, same numbers
     again = evaluate_family(cfg, "vae")

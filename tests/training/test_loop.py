@@ -16,7 +16,7 @@ from genpipe.errors import InputError
 from genpipe.training import train_family
 from genpipe.training.checkpoint import load_checkpoint, save_checkpoint
 from genpipe.training.ema import ema_decay_at, make_ema
-from genpipe.training.loop import batch_indices, lr_factor
+from genpipe.training.loop import _phase_step, batch_indices, lr_factor, resolve_precision
 from genpipe.training.stage import LocalCheckpointer
 
 
@@ -28,6 +28,45 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
     values = [lr_factor(s, 100, 10, 0.1) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("fp32", cuda) == "fp32" and resolve_precision("bf16", cpu) == "bf16"  # explicit wins
+    assert resolve_precision("auto", cuda) == "bf16"
+    caps = {"avx512_bf16": False, "amx_bf16": False, "avx2": True}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert resolve_precision("auto", cpu) == "fp32"  # torch would emulate bf16: slower than fp32
+    caps["avx512_bf16"] = True
+    assert resolve_precision("auto", cpu) == "bf16"
+    caps["avx512_bf16"], caps["amx_bf16"] = False, True
+    assert resolve_precision("auto", cpu) == "bf16"
+
+
+def test_a_family_sets_its_own_precision_and_the_step_runs_under_it():
+    cfg = load_config("params.yaml", ["train.precision=bf16", "flow.precision=fp32"])
+    assert cfg.train_for("vae").precision == "bf16" and cfg.train_for("flow").precision == "fp32"
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 1)
+
+        def forward(self, x, y, phase):
+            out = self.lin(x.flatten(1))
+            seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+            return {"loss": out.float().pow(2).mean()}
+
+    probe, x = Probe(), torch.randn(3, 1, 2, 2)
+    opt = torch.optim.SGD(probe.parameters(), lr=0.1)
+    tc = cfg.train_for("vae")
+    for precision in ("bf16", "fp32"):
+        losses = _phase_step(probe, opt, list(probe.parameters()), x, None, "model", tc, torch.device("cpu"), precision)
+        assert torch.isfinite(losses["loss"])
+    assert seen == [(True, torch.bfloat16), (False, torch.float32)]
+    assert probe.lin.weight.dtype == torch.float32  # the weights stay fp32 under autocast
 
 
 def test_batches_shard_an_epoch_across_ranks_without_overlap():

@@ -149,7 +149,8 @@ def protocol_metrics(cfg: Config, family: str, model: torch.nn.Module, options: 
         "quality": quality,
         "speed": sampling_speed(model, options, scored),
         "training": {"steps": state["step"], "seconds": state.get("train_seconds"),
-                     "world_size": state.get("meta", {}).get("world_size")},
+                     "world_size": state.get("meta", {}).get("world_size"),
+                     "precision": state.get("meta", {}).get("precision")},
     }
     if cfg.stability_seeds:
         out["seeds"] = seed_spread(cfg, family, options, extractor, ref, quality["fid"], checkpoint_sha256)

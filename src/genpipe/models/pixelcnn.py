@@ -171,7 +171,9 @@ class PixelCNN(nn.Module):
         for layer, link in zip(self.layers, links):
             h = layer.horizontal_step(h, link, labels, rows, cols)
         b, c, height, width = x.shape
-        return self.head(h).view(b, c, self.per_channel, height, width)
+        with torch.autocast(x.device.type, enabled=False):  # level parameters need float32: a bf16
+            out = self.head(h.float())  # mean is ~half a level bin (2/255) coarse
+        return out.view(b, c, self.per_channel, height, width)
 
     def _labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
         """The labels the network sees: None for an unconditional model."""

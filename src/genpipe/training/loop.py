@@ -93,9 +93,27 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int, rank: int, worl
     return mine[k * batch_size : (k + 1) * batch_size]
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 in hardware: any CUDA device here, a CPU with
+    AVX512-BF16 or AMX-BF16 (elsewhere torch emulates bf16 on the CPU, slower than fp32)."""
+    if device.type == "cuda":
+        return True
+    caps = torch.cpu.get_capabilities()
+    return device.type == "cpu" and bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` (or a family's ``precision``) on ``device``: "bf16" or "fp32";
+    ``auto`` is bf16 autocast where the device computes bf16 natively."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def _autocast(device: torch.device, precision: str):
-    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+    """bf16 autocast (matmuls and convolutions in bf16, reductions and losses in fp32; the
+    weights, gradients and optimizer state stay fp32) or nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
 
 
 class _Window:
@@ -121,9 +139,10 @@ class _Window:
 
 
 def _phase_step(step_module: nn.Module, opt: torch.optim.Optimizer, params: list, x: torch.Tensor,
-                y: torch.Tensor, phase: str, cfg: TrainConfig, device: torch.device) -> dict[str, torch.Tensor]:
+                y: torch.Tensor, phase: str, cfg: TrainConfig, device: torch.device,
+                precision: str) -> dict[str, torch.Tensor]:
     """One optimizer step of one phase; returns its losses and the pre-clip gradient norm."""
-    with _autocast(device, cfg.precision):
+    with _autocast(device, precision):
         losses = step_module(x, y, phase)
     opt.zero_grad(set_to_none=True)
     losses["loss"].backward()
@@ -170,6 +189,8 @@ def train_loop(
         for phase, g in groups.items()
     }
     ema = make_ema(model, cfg.ema_decay)
+    precision = resolve_precision(cfg.precision, device)
+    meta = {**meta, "precision": precision}  # what the steps ran in, kept in every checkpoint
     step_module = world.wrap(_TrainingStep(model), device)
     torch.manual_seed(seed + world.rank)
     step = 0
@@ -195,7 +216,7 @@ def train_loop(
         for phase, opt in optimizers.items():
             for pg in opt.param_groups:
                 pg["lr"] = groups[phase].lr * factor
-            losses = _phase_step(step_module, opt, groups[phase].params, x, y, phase, cfg, device)
+            losses = _phase_step(step_module, opt, groups[phase].params, x, y, phase, cfg, device, precision)
             window.add(losses, "" if len(optimizers) == 1 else f"{phase}/")
         ema.update_parameters(model)
         step += 1
