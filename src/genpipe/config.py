@@ -57,7 +57,7 @@ class TrainConfig(Section):
     use_gpu: bool = False  # one GPU per Ray worker (NCCL); CPU workers use gloo
     device: Literal["auto", "cpu", "cuda"] = "auto"  # local runner only; auto = cuda if present
     # auto: bf16 autocast where the device computes bf16 natively (CUDA; a CPU with AVX512-BF16
-    # or AMX), else fp32; each family may set its own (PixelCNN keeps fp32)
+    # or AMX), else fp32; each family may set its own (PixelCNN and the flow keep fp32)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     steps: int = Field(2000, ge=1)  # optimizer steps in total (each phase of a family)
     batch_size: int = Field(64, ge=1)  # per worker
