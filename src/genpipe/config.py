@@ -56,7 +56,7 @@ class TrainConfig(Section):
     num_workers: int = Field(2, ge=1, le=1024)  # Ray Train workers (DDP ranks)
     use_gpu: bool = False  # one GPU per Ray worker (NCCL); CPU workers use gloo
     device: Literal["auto", "cpu", "cuda"] = "auto"  # local runner only; auto = cuda if present
-    # auto: bf16 autocast where the device computes bf16 natively (CUDA; a CPU with AVX512-BF16
+    # auto: bf16 autocast where the device computes bf16 natively (a GPU from Ampere on; a CPU with AVX512-BF16
     # or AMX), else fp32; each family may set its own (PixelCNN and the flow keep fp32)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     steps: int = Field(2000, ge=1)  # optimizer steps in total (each phase of a family)

@@ -16,9 +16,9 @@ from genpipe.config import load_config
 from genpipe.data import prepare_dataset
 from genpipe.errors import InputError
 from genpipe.evaluation import evaluate_family, heldout_likelihood, load_trained, make_grid
+from genpipe.evaluation.features import train_feature_net
 from genpipe.evaluation.speed import TimedSamples, sample_timed, sampling_speed
 from genpipe.models import sampling_options
-from genpipe.evaluation.features import train_feature_net
 from genpipe.models.base import LogLikelihood
 from genpipe.storage import sha256_file
 from genpipe.training import train_family
@@ -68,7 +68,7 @@ def test_sampling_speed_is_the_median_rate_of_the_batches_after_the_warm_up():
     assert slow_first.seconds == 105.5
 
 
-def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri):
+def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri, monkeypatch):
     cfg = load_config("params.yaml")
     prepare_dataset(cfg)
     with pytest.raises(InputError, match="run `genpipe train --family vae` first"):
@@ -90,10 +90,10 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri):
     assert metrics["mlflow_run_id"] == out.run_id and metrics["checkpoint_step"] == 40
     grid = Image.open(project / metrics["samples_png"])
     assert grid.size[0] > 4 * 8 * 4  # 16 samples, 4 per row, upscaled
-    # the grid shows the first of the scored images: the same 48 from the same seed, 16 at a time
+    # the grid shows the first 16 of the scored images (the same 48 from the same seed, 12 at a time)
     model, _ = load_trained(cfg, "vae")
-    scored = sample_timed(model, 48, sampling_options(cfg, "vae"), cfg.seed, 16)
-    assert [n for n, _ in scored.batches] == [16, 16, 16]
+    scored = sample_timed(model, 48, sampling_options(cfg, "vae"), cfg.seed, 12)
+    assert [n for n, _ in scored.batches] == [12, 12, 12, 12]
     assert np.array_equal(np.asarray(grid), np.asarray(make_grid(scored.images[:16])))
     assert metrics["figures"] == ["figures/vae/samples.png", "figures/vae/interpolation.png", "figures/vae/traversal.png"]
     inter = Image.open(project / "figures/vae/interpolation.png")
@@ -112,14 +112,23 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri):
     assert q["fid"] > 0 and 0 <= q["precision"] <= 1 and 0 <= q["recall"] <= 1 and 0 <= q["coverage"] <= 1
     assert 1.0 <= q["inception_score"] <= 10.0 and 1 <= q["classes_covered"] <= 10
     assert q["memorisation"]["ratio"] > 0
-    # timed on the scored batches (48 = 3 x 16), the first left out as the warm-up
-    assert metrics["speed"]["nfe"] == 1 and metrics["speed"]["images_per_s"] > 0 and metrics["speed"]["batch_size"] == 16
-    assert metrics["speed"]["timed_batches"] == 2 and metrics["speed"]["warm_up_excluded"] is True
+    # timed on the scored batches (48 = 4 x 12), the first left out as the warm-up
+    assert metrics["speed"]["nfe"] == 1 and metrics["speed"]["images_per_s"] > 0 and metrics["speed"]["batch_size"] == 12
+    assert metrics["speed"]["timed_batches"] == 3 and metrics["speed"]["warm_up_excluded"] is True
     assert metrics["training"]["steps"] == 40 and metrics["training"]["seconds"] > 0
     assert metrics["training"]["precision"] == "fp32"  # what the steps ran in (tests pin fp32)
     assert run.data.metrics["eval/fid"] == pytest.approx(q["fid"])
-    # evaluation is reproducible: same checkpoint, same seed, same numbers
+    # evaluation is reproducible: same checkpoint, same seed, same numbers; and it draws the 48
+    # scored images and nothing else (no grid or timing batches of their own)
+    drawn, sample = [], type(model).sample
+
+    def counting(self, n, *args, **kwargs):
+        drawn.append(n)
+        return sample(self, n, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "sample", counting)
     again = evaluate_family(cfg, "vae")
+    assert drawn == [12, 12, 12, 12]
     assert again["likelihood"] == ll
     assert again["quality"]["fid"] == q["fid"] and again["quality"]["kid"] == q["kid"]
 

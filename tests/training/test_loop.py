@@ -33,7 +33,11 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 def test_auto_precision_is_bf16_only_where_the_device_computes_it_natively(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_precision("fp32", cuda) == "fp32" and resolve_precision("bf16", cpu) == "bf16"  # explicit wins
+    gpu = {"native": True}  # torch's check: compute capability >= 8, emulation not counted
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: gpu["native"] and not including_emulation)
     assert resolve_precision("auto", cuda) == "bf16"
+    gpu["native"] = False  # e.g. a V100 or T4: bf16 only emulated
+    assert resolve_precision("auto", cuda) == "fp32"
     caps = {"avx512_bf16": False, "amx_bf16": False, "avx2": True}
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     assert resolve_precision("auto", cpu) == "fp32"  # torch would emulate bf16: slower than fp32

@@ -283,7 +283,6 @@ def kernel_inception_distance(
     return float(mean), float(std)
 
 
-
 # ----------------------------------------------------------------------------- k-NN manifolds
 
 

@@ -33,7 +33,7 @@ from genpipe.errors import InputError
 from genpipe.evaluation.grid import make_grid
 from genpipe.evaluation.speed import TimedSamples, model_device, sample_timed, sampling_speed
 from genpipe.models import get_family, sampling_options
-from genpipe.models.base import LatentModel, network_evaluations
+from genpipe.models.base import LatentModel
 from genpipe.storage import atomic_write_bytes, sha256_file
 from genpipe.training.checkpoint import FINAL, family_dir, load_model, seed_dir
 
@@ -200,7 +200,7 @@ def sampler_sweep(cfg: Config, model: torch.nn.Module, base: Any, extractor: Any
         precision, recall = M.precision_recall(ref.train_features, feats, e.pr_k)
         rows.append({
             "sampler": options.sampler, "steps": options.steps if options.sampler != "ddpm" else None,
-            "nfe": network_evaluations(model, options), "num_samples": e.sweep_samples, "seed": cfg.seed,
+            "nfe": speed["nfe"], "num_samples": e.sweep_samples, "seed": cfg.seed,
             "fid": M.frechet_distance(ref.train_features, feats, key="evaluate.sweep_samples"),
             "kid": M.kernel_inception_distance(ref.train_features, feats, e.kid_subsets, e.kid_subset_size, seed=cfg.seed,
                                                key="evaluate.sweep_samples")[0],

@@ -94,10 +94,11 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int, rank: int, worl
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 in hardware: any CUDA device here, a CPU with
-    AVX512-BF16 or AMX-BF16 (elsewhere torch emulates bf16 on the CPU, slower than fp32)."""
+    """Whether ``device`` computes bfloat16 in hardware: a CUDA GPU of compute capability 8 or
+    more (Ampere on; torch's own check, without emulation), a CPU with AVX512-BF16 or AMX-BF16
+    (elsewhere torch emulates bf16, slower than fp32)."""
     if device.type == "cuda":
-        return True
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     caps = torch.cpu.get_capabilities()
     return device.type == "cpu" and bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
 
