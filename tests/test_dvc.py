@@ -73,6 +73,11 @@ def test_flow_outputs_committed_then_status_clean_and_repro_reproduces(tmp_path,
     # a changed param makes exactly the stages that read it stale
     write_params(repo, params(21))
     assert set(pipeline_status(repo)) == {"train@vae"}
+    write_params(repo, params(20))
+    # and changed sampling code makes the stages that sample stale, not training
+    sampler = repo / "src/genpipe/samplers/ddim.py"
+    sampler.write_text(sampler.read_text() + "\n# changed\n")
+    assert set(pipeline_status(repo)) == {"evaluate@vae", "generate@vae"}
 
     # a fresh copy without outputs: `dvc repro` reproduces them with the same content
     fresh = make_repo(tmp_path / "fresh")
