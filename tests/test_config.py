@@ -115,3 +115,23 @@ def test_console_script_exit_code(project):
     assert proc.stderr.startswith("genpipe: error: params.yaml: vae.lr:"), proc.stderr
     proc = subprocess.run([exe, "train", "--family", "vqvae"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--family vqvae: unknown family" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["evaluate.num_samples=40", "evaluate.grid_samples=16"], "evaluate.num_samples: 40 is fewer than the 64 feature dimensions (features.feature_dim)"),
+        (["features.feature_dim=128"], "evaluate.sweep_samples: 100 is fewer than the 128"),
+        (["features.extractor=inception", "evaluate.sweep_samples=2048"], "evaluate.num_samples: 1000 is fewer than the 2048 feature dimensions (Inception's pool3)"),
+        (["evaluate.pr_k=100", "evaluate.num_samples=100"], "evaluate.pr_k: k=100 needs fewer than the 100 samples of evaluate.num_samples"),
+    ],
+)
+def test_sample_counts_the_metrics_cannot_use_fail_when_params_load(tmp_path, overrides, key):
+    """Not after hours of training: evaluate's FID and k-NN metrics need these counts."""
+    params = tmp_path / "params.yaml"
+    params.write_text("evaluate: {sweep_samples: 100, diffusion_sweep: [{sampler: ddim, steps: 10}]}\nprofiles: {quick: {}}\n")
+    with pytest.raises(InputError) as err:
+        load_config(params, overrides)
+    assert f"{params}: {key}" in str(err.value) and "\n" not in str(err.value)
+    load_config(params, ["features.feature_dim=100"])  # exactly as many samples as dimensions is enough
+    load_config(params, ["features.feature_dim=128", "evaluate.diffusion_sweep=[]"])  # no sweep, no sweep count

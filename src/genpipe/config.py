@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 from genpipe.errors import InputError
 
 DEFAULT_PARAMS = Path("params.yaml")
+INCEPTION_FEATURE_DIM = 2048  # the FID Inception-v3's pool3 width (features.extractor=inception)
 
 
 class Section(BaseModel):
@@ -379,6 +380,26 @@ class Config(Section):
             out.append(options)
         return out
 
+    def feature_dim(self) -> int:
+        """The dimension of the features every distribution metric compares."""
+        return INCEPTION_FEATURE_DIM if self.features.extractor == "inception" else self.features.feature_dim
+
+    def check_sample_counts(self) -> None:
+        """Sample counts the metrics cannot work with, found when params load instead of after
+        training: FID needs at least as many samples as feature dimensions, the k-NN metrics
+        more samples than k. An :class:`InputError` names the key."""
+        e, dim = self.evaluate, self.feature_dim()
+        counts = [("evaluate.num_samples", e.num_samples)]
+        if e.diffusion_sweep:  # scored whenever diffusion is evaluated
+            counts.append(("evaluate.sweep_samples", e.sweep_samples))
+        for key, n in counts:
+            if n < dim:
+                source = "Inception's pool3" if self.features.extractor == "inception" else "features.feature_dim"
+                raise InputError(f"{key}: {n} is fewer than the {dim} feature dimensions ({source}); FID needs at least {dim}")
+            for k_key, k in (("evaluate.pr_k", e.pr_k), ("evaluate.dc_k", e.dc_k)):
+                if k >= n:
+                    raise InputError(f"{k_key}: k={k} needs fewer than the {n} samples of {key}")
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready resolved config (what is saved beside checkpoints and logged)."""
         return self.model_dump(mode="json")
@@ -444,6 +465,7 @@ def _validate(tree: dict[str, Any], where: str, prefix: str = "") -> Config:
         raise InputError(f"{where}: {key}: {err['msg']}{got}{more}") from None
     try:
         cfg.sweep_settings()  # entries that span two sections: fail now, not after training
+        cfg.check_sample_counts()
     except InputError as exc:
         raise InputError(f"{where}: {prefix}{exc}") from None
     return cfg

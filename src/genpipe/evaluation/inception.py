@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genpipe.config import INCEPTION_FEATURE_DIM
 from genpipe.errors import InputError
 
 
@@ -183,7 +184,7 @@ class InceptionV3FID(nn.Module):
     299x299 here). Randomly initialised; load the weights with :func:`load_fid_inception`.
     """
 
-    FEATURE_DIM = 2048
+    FEATURE_DIM = INCEPTION_FEATURE_DIM
     NUM_CLASSES = 1008
     INPUT_SIZE = 299
 
