@@ -36,6 +36,38 @@ def test_walks_start_and_end_at_the_seeds(in_trained):
     assert not torch.equal(trav[0], trav[6])  # sweeping z_0 changes the image
 
 
+class _ScaledPrior:
+    """A latent model with prior N(0, diag(scale^2)) whose decoder paints z_j's value into
+    pixel j (all dimensions weigh the same): a traversal must sweep each dimension over the
+    prior's own range and show the widest first."""
+
+    def __init__(self, scale: list[float]):
+        self.scale = torch.tensor(scale)
+        self.seen: list[torch.Tensor] = []
+
+    def sample_latents(self, n, generator=None):
+        return torch.randn((n, len(self.scale)), generator=generator) * self.scale
+
+    def decode_latents(self, z, labels=None, options=None):
+        self.seen.append(z.clone())
+        return (z[:, None, None, :] / 20).clamp(-1, 1)  # (n, 1, 1, Z)
+
+
+def test_traversals_sweep_the_priors_range_and_show_the_dimensions_that_move_most():
+    model = _ScaledPrior([0.1, 5.0, 1.0, 0.0])  # dimension 3 is unused (the prior puts it at 0)
+    trav = traversal_images(model, 0, steps=5, max_dims=3)
+    z = model.seen[-1].view(4, 5, 4)  # every dimension was swept: (dims, steps, Z)
+    for j, s in enumerate([0.1, 5.0, 1.0]):  # from about the 2.5 % to the 97.5 % quantile of N(0, s^2)
+        assert torch.allclose(z[j, [0, -1], j], torch.tensor([-1.96 * s, 1.96 * s]), rtol=0.1), j
+    assert torch.equal(z[3, :, 3], torch.zeros(5))
+    # rows: dimensions 1, 2, 0 (the widest sweep first); the unused dimension is left out
+    assert trav.shape == (15, 1, 1, 4)
+    for row, j in enumerate([1, 2, 0]):
+        frames = trav[row * 5 : (row + 1) * 5, 0, 0].int()  # (steps, Z)
+        moved = (frames[-1] - frames[0]).abs()
+        assert moved[j] > 0 and moved.sum() == moved[j], (row, j)  # only z_j's pixel changes
+
+
 def test_latents_cli_writes_grids_and_logs_them(in_trained, mlflow_uri, capsys):
     with pytest.raises(SystemExit) as done:
         main(["latents", "--family", "vae", "--seeds", "2", "5", "--steps", "6", "--out", "walks"])

@@ -40,21 +40,38 @@ def interpolation_images(model: LatentModel, seed_a: int, seed_b: int, steps: in
 
 
 @torch.no_grad()
-def traversal_images(model: LatentModel, seed: int, steps: int = 10, max_dims: int = 16, span: float = 3.0,
-                     labels: torch.Tensor | None = None, options=None) -> torch.Tensor | None:
-    """Row j sweeps latent dimension j over [-span, span] from one drawn latent, the others fixed;
-    None when the latent is not a flat vector (a flow's latent is image-shaped)."""
-    z0 = model.sample_latents(1, torch.Generator().manual_seed(seed))
+def traversal_images(model: LatentModel, seed: int, steps: int = 10, max_dims: int = 16, coverage: float = 0.95,
+                     labels: torch.Tensor | None = None, options=None, prior_draws: int = 2000) -> torch.Tensor | None:
+    """Row r sweeps one latent dimension across the central ``coverage`` of the prior's mass in
+    that dimension, the other dimensions held at one drawn latent; the rows are the ``max_dims``
+    dimensions whose sweep moves the image most, most first. None when the latent is not a flat
+    vector (a flow's latent is image-shaped).
+
+    The range comes from ``prior_draws`` draws of the model's own prior (its quantiles per
+    dimension), not a fixed [-3, 3]: under a VampPrior a dimension may spread far less or more
+    than N(0, 1), and a fixed range sweeps it off the prior into images the decoder never made.
+    A dimension's movement is the path length of its sweep in pixel space (mean |change| per
+    pixel, summed over the steps), so the rows shown are the dimensions the decoder uses, not
+    the first ``max_dims`` indices, which may be dimensions it ignores."""
+    generator = torch.Generator().manual_seed(seed)
+    z0 = model.sample_latents(1, generator)
     if z0.dim() != 2:
         return None
-    dims = min(z0.shape[1], max_dims)
-    z = z0.repeat(dims * steps, 1)  # (dims * steps, Z)
+    tail = (1.0 - coverage) / 2
+    draws = model.sample_latents(prior_draws, generator).float()
+    lo, hi = torch.quantile(draws, torch.tensor([tail, 1.0 - tail], device=draws.device), dim=0)  # (Z,) each
+    z_dims = z0.shape[1]
+    t = torch.linspace(0.0, 1.0, steps, device=z0.device)[:, None]  # (steps, 1)
+    z = z0.repeat(z_dims * steps, 1)  # (Z * steps, Z): row block j sweeps z_j
+    for j in range(z_dims):
+        z[j * steps : (j + 1) * steps, j] = (lo[j] + t * (hi[j] - lo[j]))[:, 0].to(z.dtype)
     if labels is None and getattr(getattr(model, "cfg", None), "conditional", False):
-        labels = torch.zeros(dims * steps, dtype=torch.long)  # one class throughout: only z_j moves
-    values = torch.linspace(-span, span, steps, device=z.device)
-    for j in range(dims):
-        z[j * steps : (j + 1) * steps, j] = values
-    return to_uint8(model.decode_latents(z, labels, options).float().cpu())
+        labels = torch.zeros(z_dims * steps, dtype=torch.long)  # one class throughout: only z_j moves
+    images = model.decode_latents(z, labels, options).float().cpu()
+    frames = images.view(z_dims, steps, -1)
+    movement = (frames[:, 1:] - frames[:, :-1]).abs().mean(2).sum(1)  # (Z,) path length per dimension
+    order = torch.argsort(movement, descending=True, stable=True)[: min(z_dims, max_dims)]
+    return to_uint8(images.view(z_dims, steps, *images.shape[1:])[order].flatten(0, 1))
 
 
 def write_latent_grids(model: LatentModel, folder: Path, seed_a: int = 0, seed_b: int = 1, steps: int = 10,
