@@ -110,6 +110,14 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri, mon
     assert q["extractor_id"] == card["id"] and metrics["extractor"]["id"] == card["id"]
     assert q["num_samples"] == 48 and q["seed"] == 0
     assert q["fid"] > 0 and 0 <= q["precision"] <= 1 and 0 <= q["recall"] <= 1 and 0 <= q["coverage"] <= 1
+    # ... and they are the metrics of exactly those 48 images against the train split's features
+    from genpipe.evaluation.features import load_extractor
+    from genpipe.evaluation.quality import load_reference, sample_quality
+
+    extractor = load_extractor(cfg)
+    direct = sample_quality(scored.images, load_reference(cfg, extractor), extractor, cfg)
+    for key in ("fid", "kid", "kid_std", "precision", "recall", "density", "coverage", "inception_score"):
+        assert q[key] == pytest.approx(direct[key], rel=1e-9, abs=1e-12), key
     assert 1.0 <= q["inception_score"] <= 10.0 and 1 <= q["classes_covered"] <= 10
     assert q["memorisation"]["ratio"] > 0
     # timed on the scored batches (48 = 4 x 12), the first left out as the warm-up
