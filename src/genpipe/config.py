@@ -274,6 +274,11 @@ class PixelCNNConfig(FamilyConfig):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the horizontal stack's gated output
     position_bias: Literal["rows_and_columns", "none"] = "rows_and_columns"  # learnt gate bias per row and column
     output: Literal["categorical", "logistic_mixture"] = "logistic_mixture"  # the distribution of each sub-pixel
+    # raster: the paper's order | subscale: the image as 2x2-interleaved slices, one after another
+    # (Menick & Kalchbrenner 2019), each slice raster-ordered and biased by the slices before it
+    ordering: Literal["raster", "subscale"] = "subscale"
+    context_channels: int = Field(32, ge=1)  # ordering=subscale: width of the context network
+    context_layers: int = Field(3, ge=1)  # ordering=subscale: its 3x3 convolutions
     mixtures: int = Field(5, ge=1)  # output=logistic_mixture: logistic components per sub-pixel
     sampling: PixelCNNSamplingConfig = PixelCNNSamplingConfig()
 

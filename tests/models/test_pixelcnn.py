@@ -23,7 +23,7 @@ def pixelcnn(shape=(1, 8, 8), perturb: bool = True, **cfg) -> torch.nn.Module:
     """A tiny model; ``perturb`` moves every weight off its initialisation (zero-initialised
     label embeddings included) so that a zero gradient is never an accident of init."""
     torch.manual_seed(0)
-    cfg = {"hidden_channels": 12, "num_layers": 3, "output": "categorical", **cfg}
+    cfg = {"hidden_channels": 12, "num_layers": 3, "output": "categorical", "ordering": "raster", **cfg}
     model = build_pixelcnn(PixelCNNConfig(**cfg), ImageSpec(shape, 10))
     if perturb:
         with torch.no_grad():
@@ -194,14 +194,15 @@ def test_colder_samples_are_more_likely_under_the_model(output):
     assert model.log_likelihood(cold).nats.mean() > model.log_likelihood(warm).nats.mean()
 
 
-@pytest.mark.parametrize("output", ["categorical", "logistic_mixture"])
-def test_conditional_logits_change_with_the_label(output):
-    model = pixelcnn(conditional=True, output=output)
+@pytest.mark.parametrize("output,ordering", [("categorical", "raster"), ("logistic_mixture", "raster"),
+                                             ("logistic_mixture", "subscale")])
+def test_conditional_logits_change_with_the_label(output, ordering):
+    model = pixelcnn(conditional=True, output=output, ordering=ordering, context_channels=8)
     x = images(2, (1, 8, 8))
-    three = model.outputs(x, torch.tensor([3, 3]))
-    seven = model.outputs(x, torch.tensor([7, 7]))
+    three = model.slice_outputs(x, torch.tensor([3, 3]))[0]
+    seven = model.slice_outputs(x, torch.tensor([7, 7]))[0]
     assert not torch.allclose(three, seven, atol=1e-3)
-    assert torch.equal(three, model.outputs(x, torch.tensor([3, 3])))
+    assert torch.equal(three, model.slice_outputs(x, torch.tensor([3, 3]))[0])
     # p(x) without labels: the exact marginal under a uniform class prior
     assert model.log_likelihood(x, torch.tensor([3, 3])).estimator == "autoregressive-given-label"
     per_class = torch.stack([model.log_likelihood(x, torch.full((2,), y)).nats for y in range(10)])
@@ -210,9 +211,10 @@ def test_conditional_logits_change_with_the_label(output):
     assert torch.allclose(marginal.nats, torch.logsumexp(per_class, 0) - math.log(10), atol=1e-4)
 
 
-@pytest.mark.parametrize("output", ["categorical", "logistic_mixture"])
-def test_conditional_sampling_uses_the_labels(output):
-    model = pixelcnn((1, 4, 4), conditional=True, output=output)
+@pytest.mark.parametrize("output,ordering", [("categorical", "raster"), ("logistic_mixture", "raster"),
+                                             ("logistic_mixture", "subscale")])
+def test_conditional_sampling_uses_the_labels(output, ordering):
+    model = pixelcnn((1, 4, 4), conditional=True, output=output, ordering=ordering, context_channels=8)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     balanced = model.sample(10, generator=g())  # labels None: i % 10
     assert torch.equal(balanced, model.sample(10, labels=torch.arange(10), generator=g()))
@@ -244,3 +246,69 @@ def test_a_few_steps_learn_something(output):
     x = (images(32, (1, 8, 8)) > 0.4).float() * 2 - 1  # sparse binary images: two levels used
     first, last = first_and_last_loss(model, x, lr=5e-3, steps=40)
     assert last < 0.5 * first
+
+
+def subscale_order(shape: tuple[int, int, int]) -> torch.Tensor:
+    """(C, H, W): each sub-pixel's position in the subscale order (slice, row, column, channel)."""
+    c, h, w = shape
+    order = torch.empty(shape, dtype=torch.long)
+    for r in range(h):
+        for col in range(w):
+            k = (r % 2) * 2 + col % 2  # the slice: offset in its 2 x 2 block
+            for ch in range(c):
+                order[ch, r, col] = ((k * (h // 2) + r // 2) * (w // 2) + col // 2) * c + ch
+    return order
+
+
+@pytest.mark.parametrize("shape", [(1, 6, 6), (3, 4, 6)])
+def test_subscale_outputs_depend_on_exactly_the_earlier_subpixels_in_subscale_order(shape):
+    """Slices of a 2 x 2 unshuffle in turn, each raster-ordered: d logits / d x is nonzero
+    exactly at the sub-pixels before it in that order (the earlier slices through the context
+    network, whose 3 convolutions see the whole 3 x 3 slice here; the current slice through
+    the masks); zero at every later one."""
+    c, h, w = shape
+    model = pixelcnn(shape, hidden_channels=24, first_kernel_size=5, num_layers=3, ordering="subscale",
+                     context_channels=8)
+    x = images(4, shape).requires_grad_(True)
+    out, _ = model.slice_outputs(x, None)  # (K * 4, C, P, h/2, w/2)
+    out = out.view(4, 4, c, -1, h // 2, w // 2)  # (K, B, C, P, h, w)
+    order = subscale_order(shape)
+    proj = torch.randn(out.shape[3], generator=torch.Generator().manual_seed(2))
+    for r in range(h):
+        for col in range(w):
+            k, i, j = (r % 2) * 2 + col % 2, r // 2, col // 2
+            for ch in range(c):
+                (grad,) = torch.autograd.grad((out[k, :, ch, :, i, j] * proj).sum(), x, retain_graph=True)
+                depends = (grad != 0).any(0)  # (C, H, W)
+                assert torch.equal(depends, order < order[ch, r, col]), f"slice {k}, row {i}, column {j}, channel {ch}"
+
+
+@pytest.mark.parametrize("ordering", ["raster", "subscale"])
+def test_cold_samples_take_the_mode_of_the_parallel_passs_conditionals(ordering):
+    """The sampler follows the same conditionals as the likelihood, in the same order: at
+    T -> 0 every sub-pixel drawn is the most likely level given the sub-pixels before it, as
+    the teacher-forced pass over the finished sample computes it."""
+    model = pixelcnn((3, 4, 6), output="logistic_mixture", ordering=ordering, context_channels=8)
+    x = model.sample(5, generator=torch.Generator().manual_seed(0), options=PixelCNNSamplingConfig(temperature=1e-5))
+    out, target = model.slice_outputs(x, None)
+    log_p = model.level_logits(out)  # (K * 5, C, 256, h, w)
+    drawn = log_p.gather(2, to_levels(target).unsqueeze(2)).squeeze(2)
+    # a mode, up to float rounding between the sampler's cut passes and the full one
+    assert (drawn >= log_p.max(2).values - 1e-4).all()
+    assert (log_p.max(2).values - log_p.median(2).values).min() > 1.0  # the test has modes to miss
+    assert not torch.equal(x, model.sample(5, generator=torch.Generator().manual_seed(0)))  # T = 1 differs
+
+
+def test_subscale_likelihood_is_a_distribution_and_refuses_odd_sides():
+    """Every sub-pixel's conditional is normalised, the likelihood is their sum, and an odd
+    image side is one clear error."""
+    model = pixelcnn((1, 4, 4), ordering="subscale", context_channels=8)
+    x = images(3, (1, 4, 4))
+    out, target = model.slice_outputs(x, None)
+    assert torch.allclose(torch.logsumexp(torch.log_softmax(out, 2), 2), torch.zeros(12, 1, 2, 2), atol=1e-5)
+    lp = model.subpixel_log_probs(x, None)  # (B, K, C, h, w)
+    assert lp.shape == (3, 4, 1, 2, 2)
+    assert torch.allclose(model.log_likelihood(x).nats, lp.flatten(1).sum(1))
+    assert model.nfe() == 4 * 2 * (1 + 2) + 4
+    with pytest.raises(InputError, match=r"pixelcnn.ordering: subscale needs an even image side, got 5x4"):
+        build_pixelcnn(PixelCNNConfig(ordering="subscale"), ImageSpec((1, 5, 4), 10))

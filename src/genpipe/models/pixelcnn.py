@@ -101,18 +101,41 @@ def inverse_cdf_draw(logits: torch.Tensor, u: torch.Tensor, temperature: float) 
     return level.clamp(max=cdf.shape[-1] - 1)  # u above the float CDF's last value
 
 
+SUBSCALE = 2  # ordering=subscale: the image as SUBSCALE x SUBSCALE interleaved slices
+
+
 class PixelCNN(nn.Module):
-    """Gated layers (type A, then type B) -> ReLU, masked 1x1, ReLU, masked 1x1 -> logits."""
+    """Gated layers (type A, then type B) -> ReLU, masked 1x1, ReLU, masked 1x1 -> logits.
+
+    With ``ordering: subscale`` (Menick & Kalchbrenner 2019, "Generating High Fidelity Images
+    with Subscale Pixel Networks", https://arxiv.org/abs/1812.01608; the coarse-to-fine idea of
+    Reed et al. 2017) the H x W image is cut into K = 4 slices of (H/2) x (W/2) by a 2 x 2
+    ``pixel_unshuffle``: slice k holds the pixels at offset (k // 2, k % 2) of every 2 x 2 block.
+    The slices are generated one after another, each in raster order by the same masked
+    network, whose gates get one more bias map (eq. 5) from an unmasked context network over
+    the slices already drawn and the slice's index:
+
+        p(x) = prod_k prod_{i in slice k} p(x_i | x_{<i in slice k}, slices < k)
+
+    still an exact likelihood, in a coarse-to-fine order: the first slice is an (H/2) x (W/2)
+    image whose whole extent the masked stack sees, and the other three fill in around it.
+    """
 
     def __init__(self, cfg: PixelCNNConfig, spec: ImageSpec):
         super().__init__()
-        c = spec.shape[0]
+        c, height, width = spec.shape
         n = cfg.hidden_channels
         if n < c:
             raise InputError(f"pixelcnn.hidden_channels: {n} is fewer than the {c} image channels")
+        subscale = cfg.ordering == "subscale"
+        if subscale and (height % SUBSCALE or width % SUBSCALE):
+            raise InputError(f"pixelcnn.ordering: subscale needs an even image side, got {height}x{width} "
+                             "(data.resolution)")
         self.cfg, self.spec = cfg, spec
+        self.slices = SUBSCALE**2 if subscale else 1
+        self.grid = (height // SUBSCALE, width // SUBSCALE) if subscale else (height, width)  # what one pass sees
         classes = spec.num_classes if cfg.conditional else 0
-        size = spec.shape[1:] if cfg.position_bias == "rows_and_columns" else None
+        size = self.grid if cfg.position_bias == "rows_and_columns" else None
         dilations = [cfg.dilations[i % len(cfg.dilations)] for i in range(cfg.num_layers - 1)]  # type-B layers, cycled
         self.layers = nn.ModuleList(
             [GatedLayer(c, n, cfg.first_kernel_size, "A", c, classes, size, cfg.dropout)]
@@ -127,12 +150,68 @@ class PixelCNN(nn.Module):
         # rows above (and columns to the left) that the output at a pixel can see: what the
         # sampler must keep in view
         self.reach = sum(layer.reach for layer in self.layers)
+        self.context_net = self.context_proj = None
+        if subscale:  # slices drawn so far (zeros for the others) + the slice's one-hot index
+            m, k = cfg.context_channels, self.slices
+            convs: list[nn.Module] = [nn.Conv2d(c * k + k, m, 3, padding=1)]
+            for _ in range(cfg.context_layers - 1):
+                convs += [nn.ELU(), nn.Conv2d(m, m, 3, padding=1)]
+            self.context_net = nn.Sequential(*convs, nn.ELU())
+            self.context_proj = nn.ModuleList([nn.Conv2d(m, 4 * n, 1) for _ in self.layers])  # both stacks' gates
+            for proj in self.context_proj:  # starts as the unconditioned network
+                nn.init.zeros_(proj.weight)
+                nn.init.zeros_(proj.bias)
 
-    def outputs(self, x: torch.Tensor, labels: torch.Tensor | None, top: int = 0) -> torch.Tensor:
-        """x (B, C, R, W) in [-1, 1], image rows top..top+R-1 -> the head's output
+    # -- subscale slices ----------------------------------------------------------------
+    def to_slices(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, K, H/2, W/2), slice k = the pixels at offset (k // 2, k % 2)
+        of every 2 x 2 block; raster ordering: K = 1, the image itself."""
+        if self.slices == 1:
+            return x.unsqueeze(2)
+        b, c, height, width = x.shape
+        return F.pixel_unshuffle(x, SUBSCALE).view(b, c, self.slices, height // SUBSCALE, width // SUBSCALE)
+
+    def from_slices(self, slices: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_slices`."""
+        b, c, k, h, w = slices.shape
+        return slices[:, :, 0] if k == 1 else F.pixel_shuffle(slices.reshape(b, c * k, h, w), SUBSCALE)
+
+    def slice_context(self, slices: torch.Tensor, index: torch.Tensor) -> list[torch.Tensor]:
+        """Gate bias maps (B, 4n, H/2, W/2), one per layer, for drawing slice ``index`` (B,) given
+        ``slices`` (B, C, K, H/2, W/2), of which only those before ``index`` are read."""
+        b, c, k, h, w = slices.shape
+        drawn = (torch.arange(k, device=slices.device) < index[:, None]).to(slices.dtype)  # (B, K)
+        seen = (slices * drawn[:, None, :, None, None]).reshape(b, c * k, h, w)
+        which = F.one_hot(index, k).to(slices.dtype)[:, :, None, None].expand(b, k, h, w)
+        features = self.context_net(torch.cat([seen, which], dim=1))
+        return [proj(features) for proj in self.context_proj]
+
+    def slice_outputs(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's output for every sub-pixel in one parallel pass (teacher forcing), every
+        slice at once: (out (K * B, C, P, h, w), the slices it predicts (K * B, C, h, w)),
+        slice-major (raster: K = 1, the image itself)."""
+        if self.slices == 1:
+            return self.outputs(x, labels), x
+        sl = self.to_slices(x)
+        b, c, k, h, w = sl.shape
+        index = torch.arange(k, device=x.device).repeat_interleave(b)  # slice-major (K * B,)
+        context = self.slice_context(sl.repeat(k, 1, 1, 1, 1), index)
+        target = sl.permute(2, 0, 1, 3, 4).reshape(k * b, c, h, w)
+        y = None if labels is None else labels.repeat(k)
+        return self.outputs(target, y, context=context), target
+
+    def subpixel_log_probs(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """log p(x_i | everything before i in the model's order) per sub-pixel, (B, K, C, h, w)."""
+        lp = self.log_prob(*self.slice_outputs(x, labels))  # (K * B, C, h, w)
+        return lp.view(self.slices, x.shape[0], *lp.shape[1:]).transpose(0, 1)
+
+    # -- the masked network ---------------------------------------------------------------
+    def outputs(self, x: torch.Tensor, labels: torch.Tensor | None, top: int = 0,
+                context: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """x (B, C, R, W) in [-1, 1], rows top..top+R-1 of one pass's grid -> the head's output
         (B, C, P, R, W), P = 256 logits or 3M mixture parameters per sub-pixel;
-        outputs[..., i] see only the sub-pixels of x before i (and ``labels``)."""
-        return self.horizontal_outputs(x, self.vertical_links(x, labels, top), labels, top)
+        outputs[..., i] see only the sub-pixels of x before i (and ``labels``, ``context``)."""
+        return self.horizontal_outputs(x, self.vertical_links(x, labels, top, context), labels, top, context=context)
 
     def log_prob(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x_i | x_<i) per sub-pixel (B, C, H, W) from the head's output for images x."""
@@ -146,30 +225,32 @@ class PixelCNN(nn.Module):
             return out
         return logistic_mixture_level_log_probs(out)
 
-    def vertical_links(self, x: torch.Tensor, labels: torch.Tensor | None, top: int = 0) -> list[torch.Tensor]:
+    def vertical_links(self, x: torch.Tensor, labels: torch.Tensor | None, top: int = 0,
+                       context: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """The vertical stack's input to the horizontal stack, per layer (B, 2n, R, W).
         Row r depends only on rows above r, so the sampler runs this once per row."""
         rows = slice(top, top + x.shape[2])
         v, links = x, []
-        for layer in self.layers:
-            v, link = layer.vertical_step(v, labels, rows)
+        for layer, ctx in zip(self.layers, context or [None] * len(self.layers)):
+            v, link = layer.vertical_step(v, labels, rows, ctx)
             links.append(link)
         return links
 
-    def row_links(self, x: torch.Tensor, i: int, labels: torch.Tensor | None) -> list[torch.Tensor]:
+    def row_links(self, x: torch.Tensor, i: int, labels: torch.Tensor | None,
+                  context: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
         """The vertical links of row ``i`` alone, (B, 2n, 1, W) per layer, from the rows within
         ``reach`` above it (the rows further up cannot change them)."""
         top = max(0, i - self.reach)
-        return [link[:, :, -1:] for link in self.vertical_links(x[:, :, top : i + 1], labels, top)]
+        return [link[:, :, -1:] for link in self.vertical_links(x[:, :, top : i + 1], labels, top, context)]
 
     def horizontal_outputs(self, x: torch.Tensor, links: list[torch.Tensor], labels: torch.Tensor | None,
-                           top: int = 0, left: int = 0) -> torch.Tensor:
+                           top: int = 0, left: int = 0, context: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The horizontal stack and the head: x (B, C, R, W) and ``links`` -> (B, C, P, R, W),
-        for image rows from ``top`` and columns from ``left`` (x and links already cut there)."""
+        for grid rows from ``top`` and columns from ``left`` (x and links already cut there)."""
         rows, cols = slice(top, top + x.shape[2]), slice(left, left + x.shape[3])
         h = x
-        for layer, link in zip(self.layers, links):
-            h = layer.horizontal_step(h, link, labels, rows, cols)
+        for layer, link, ctx in zip(self.layers, links, context or [None] * len(self.layers)):
+            h = layer.horizontal_step(h, link, labels, rows, cols, ctx)
         b, c, height, width = x.shape
         with torch.autocast(x.device.type, enabled=False):  # level parameters need float32: a bf16
             out = self.head(h.float())  # mean is ~half a level bin (2/255) coarse
@@ -185,7 +266,7 @@ class PixelCNN(nn.Module):
         return {"model": OptimizerGroup(list(self.parameters()), c.lr, c.betas, c.weight_decay)}
 
     def training_losses(self, x: torch.Tensor, labels: torch.Tensor | None, phase: str) -> dict[str, torch.Tensor]:
-        nll = -self.log_prob(self.outputs(x, self._labels(labels)), x).mean()  # nats/dim
+        nll = -self.subpixel_log_probs(x, self._labels(labels)).mean()  # nats/dim
         return {"loss": nll, "bpd": (nll / math.log(2)).detach()}
 
     @torch.no_grad()
@@ -198,14 +279,14 @@ class PixelCNN(nn.Module):
         prior: log p(x) = logsumexp_y log p(x | y) - log K.
         """
         if not self.cfg.conditional:
-            nats = self.log_prob(self.outputs(x, None), x).flatten(1).sum(1)  # (B,)
+            nats = self.subpixel_log_probs(x, None).flatten(1).sum(1)  # (B,)
             return LogLikelihood(nats=nats, kind="exact", estimator="autoregressive")
         if labels is not None:
-            nats = self.log_prob(self.outputs(x, labels), x).flatten(1).sum(1)  # (B,)
+            nats = self.subpixel_log_probs(x, labels).flatten(1).sum(1)  # (B,)
             return LogLikelihood(nats=nats, kind="exact", estimator="autoregressive-given-label")
         k = self.spec.num_classes
         per_class = torch.stack([
-            self.log_prob(self.outputs(x, torch.full((x.shape[0],), y, dtype=torch.long, device=x.device)), x)
+            self.subpixel_log_probs(x, torch.full((x.shape[0],), y, dtype=torch.long, device=x.device))
             .flatten(1).sum(1)
             for y in range(k)
         ])  # (K, B)
@@ -221,25 +302,41 @@ class PixelCNN(nn.Module):
         y = self._sampling_labels(n, labels, device)
         c, height, width = self.spec.shape
         u = torch.rand((n, c, height, width), generator=generator).to(device)  # CPU noise, one uniform per sub-pixel
-        x = torch.zeros(n, c, height, width, device=device)
+        u = self.to_slices(u)  # (n, C, K, h, w): raster K = 1
+        slices = torch.zeros_like(u)
+        for k in range(self.slices):  # subscale: slice after slice, each given those before it
+            index = torch.full((n,), k, dtype=torch.long, device=device)
+            context = self.slice_context(slices, index) if self.context_net is not None else None
+            slices[:, :, k] = self._draw_grid(u[:, :, k], y, opts.temperature, context)
+        return self.from_slices(slices).clamp(-1.0, 1.0)
+
+    def _draw_grid(self, u: torch.Tensor, y: torch.Tensor | None, temperature: float,
+                   context: list[torch.Tensor] | None) -> torch.Tensor:
+        """One pass's grid (n, C, h, w) drawn sub-pixel by sub-pixel in raster order from the
+        uniforms ``u`` (same shape): per row, one pass of the vertical stack over the rows
+        within reach above it; per sub-pixel, one pass of the horizontal stack over that row."""
+        n, c, height, width = u.shape
+        x = torch.zeros_like(u)
         for i in range(height):
-            links = self.row_links(x, i, y)  # the vertical stack: once per row
+            links = self.row_links(x, i, y, context)  # the vertical stack: once per row
             for j in range(width):
                 left = max(0, j - self.reach)  # the horizontal stack's output at j sees columns left..j
                 row_links = [link[..., left : j + 1] for link in links]
                 for ch in range(c):
-                    out = self.horizontal_outputs(x[:, :, i : i + 1, left : j + 1], row_links, y, i, left)
+                    out = self.horizontal_outputs(x[:, :, i : i + 1, left : j + 1], row_links, y, i, left, context)
                     out = out[:, ch : ch + 1, :, 0, -1]  # (n, 1, P) at column j
                     logits = self.level_logits(out)[:, 0]  # (n, 256)
-                    level = inverse_cdf_draw(logits, u[:, ch, i, j], opts.temperature)
+                    level = inverse_cdf_draw(logits, u[:, ch, i, j], temperature)
                     x[:, ch, i, j] = level.float() / 127.5 - 1.0
-        return x.clamp(-1.0, 1.0)
+        return x
 
     def nfe(self, options=None) -> int:
         """Sequential network passes per image: the vertical stack once per row, the horizontal
-        stack and head once per sub-pixel."""
-        c, height, width = self.spec.shape
-        return height * (1 + width * c)
+        stack and head once per sub-pixel (and, subscale, the context network once per slice)."""
+        c = self.spec.shape[0]
+        height, width = self.grid
+        context = self.slices if self.context_net is not None else 0
+        return self.slices * height * (1 + width * c) + context
 
     def _sampling_labels(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
         if not self.cfg.conditional:

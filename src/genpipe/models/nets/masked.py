@@ -129,31 +129,36 @@ class GatedLayer(nn.Module):
         self.col_bias = nn.Parameter(torch.zeros(4 * n, 1, size[1])) if size else None
 
     def conditioning(self, labels: torch.Tensor | None, rows: slice, stack: Stack,
-                     cols: slice = slice(None)) -> torch.Tensor | None:
+                     cols: slice = slice(None), context: torch.Tensor | None = None) -> torch.Tensor | None:
         """Gate bias (B or 1, 2n, R or 1, W or 1) of one stack for image rows ``rows`` (and
-        columns ``cols``), or None."""
+        columns ``cols``), or None. ``context`` (B, 4n, H, W): a bias map over the whole image
+        (eq. 5's V * s) computed from what the model may already see everywhere, e.g. the
+        slices drawn before this one in the subscale order."""
         bias = None
         if self.label_bias is not None and labels is not None:
             bias = self.label_bias(labels)[:, :, None, None]  # (B, 4n, 1, 1)
         if self.row_bias is not None:
             pos = (self.row_bias[:, rows] + self.col_bias[:, :, cols])[None]  # (1, 4n, R, W)
             bias = pos if bias is None else bias + pos
+        if context is not None:
+            ctx = context[:, :, rows, cols]
+            bias = ctx if bias is None else bias + ctx
         return None if bias is None else bias.chunk(2, dim=1)[0 if stack == "vertical" else 1]
 
     def vertical_step(self, v: torch.Tensor, labels: torch.Tensor | None,
-                      rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+                      rows: slice, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """v (B, c_in, R, W) -> v' (B, n, R, W) and the link W_vh * v_pre (B, 2n, R, W) to the
         horizontal stack; row r of both depends only on image rows above r."""
         v_pre = self.vertical(v)
         link = self.v_to_h(v_pre)
-        bias = self.conditioning(labels, rows, "vertical")
+        bias = self.conditioning(labels, rows, "vertical", context=context)
         return gate(v_pre if bias is None else v_pre + bias), link
 
     def horizontal_step(self, h: torch.Tensor, link: torch.Tensor, labels: torch.Tensor | None,
-                        rows: slice, cols: slice = slice(None)) -> torch.Tensor:
+                        rows: slice, cols: slice = slice(None), context: torch.Tensor | None = None) -> torch.Tensor:
         """h (B, c_in, R, W), link (B, 2n, R, W) -> h' (B, n, R, W) for image rows ``rows`` and
         columns ``cols``; row by row independent."""
         h_pre = self.horizontal(h) + link
-        bias = self.conditioning(labels, rows, "horizontal", cols)
+        bias = self.conditioning(labels, rows, "horizontal", cols, context)
         h_new = self.h_out(self.dropout(gate(h_pre if bias is None else h_pre + bias)))
         return h + h_new if self.residual else h_new
