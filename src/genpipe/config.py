@@ -28,6 +28,7 @@ from genpipe.errors import InputError
 
 DEFAULT_PARAMS = Path("params.yaml")
 INCEPTION_FEATURE_DIM = 2048  # the FID Inception-v3's pool3 width (features.extractor=inception)
+SUBSCALE = 2  # pixelcnn.ordering=subscale: the image as SUBSCALE x SUBSCALE interleaved slices
 
 
 class Section(BaseModel):
@@ -279,6 +280,13 @@ class PixelCNNConfig(FamilyConfig):
     ordering: Literal["raster", "subscale"] = "subscale"
     context_channels: int = Field(32, ge=1)  # ordering=subscale: width of the context network
     context_layers: int = Field(3, ge=1)  # ordering=subscale: its 3x3 convolutions
+    # ordering=subscale: the first slice drawn by the shared network (with the context of no
+    # slice) or by a separate raster network of the same size (SPN's separate first decoder)
+    first_slice: Literal["shared", "separate"] = "shared"
+    # ordering=subscale: of the 3 later slices, how many are teacher-forced per image and
+    # training step beside the first, drawn at random and weighted 3/n: an unbiased estimate
+    # of the loss at (1 + n)/4 of its cost; 3 = all of them (the exact loss every step)
+    fill_slices: int = Field(3, ge=1, le=SUBSCALE**2 - 1)
     mixtures: int = Field(5, ge=1)  # output=logistic_mixture: logistic components per sub-pixel
     sampling: PixelCNNSamplingConfig = PixelCNNSamplingConfig()
 

@@ -20,7 +20,7 @@ SPEC = ImageSpec(shape=(1, 8, 8), num_classes=10)
 TINY = {"vae": {"latent_dim": 4, "channels": [8, 16], "iwae_samples": 4, "prior": "vamp", "pseudo_inputs": 5}, "gmm": {"components": 2},
         "flow": {"steps_per_level": [2, 2], "hidden": 16},
         "gan": {"latent_dim": 4, "g_width": 8, "d_width": 8},
-        "pixelcnn": {"hidden_channels": 8, "num_layers": 3},
+        "pixelcnn": {"hidden_channels": 8, "num_layers": 3, "first_slice": "separate", "fill_slices": 1},
         "diffusion": {"channels": 8, "channel_mults": [1, 2], "attention_levels": [1], "timesteps": 20,
                       "sampling": {"steps": 5}}}
 

@@ -194,10 +194,13 @@ def test_colder_samples_are_more_likely_under_the_model(output):
     assert model.log_likelihood(cold).nats.mean() > model.log_likelihood(warm).nats.mean()
 
 
-@pytest.mark.parametrize("output,ordering", [("categorical", "raster"), ("logistic_mixture", "raster"),
-                                             ("logistic_mixture", "subscale")])
-def test_conditional_logits_change_with_the_label(output, ordering):
-    model = pixelcnn(conditional=True, output=output, ordering=ordering, context_channels=8)
+CONDITIONAL_CASES = [("categorical", "raster", "shared"), ("logistic_mixture", "raster", "shared"),
+                     ("logistic_mixture", "subscale", "shared"), ("logistic_mixture", "subscale", "separate")]
+
+
+@pytest.mark.parametrize("output,ordering,first_slice", CONDITIONAL_CASES)
+def test_conditional_logits_change_with_the_label(output, ordering, first_slice):
+    model = pixelcnn(conditional=True, output=output, ordering=ordering, context_channels=8, first_slice=first_slice)
     x = images(2, (1, 8, 8))
     three = model.slice_outputs(x, torch.tensor([3, 3]))[0]
     seven = model.slice_outputs(x, torch.tensor([7, 7]))[0]
@@ -211,10 +214,10 @@ def test_conditional_logits_change_with_the_label(output, ordering):
     assert torch.allclose(marginal.nats, torch.logsumexp(per_class, 0) - math.log(10), atol=1e-4)
 
 
-@pytest.mark.parametrize("output,ordering", [("categorical", "raster"), ("logistic_mixture", "raster"),
-                                             ("logistic_mixture", "subscale")])
-def test_conditional_sampling_uses_the_labels(output, ordering):
-    model = pixelcnn((1, 4, 4), conditional=True, output=output, ordering=ordering, context_channels=8)
+@pytest.mark.parametrize("output,ordering,first_slice", CONDITIONAL_CASES)
+def test_conditional_sampling_uses_the_labels(output, ordering, first_slice):
+    model = pixelcnn((1, 4, 4), conditional=True, output=output, ordering=ordering, context_channels=8,
+                     first_slice=first_slice)
     g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     balanced = model.sample(10, generator=g())  # labels None: i % 10
     assert torch.equal(balanced, model.sample(10, labels=torch.arange(10), generator=g()))
@@ -260,15 +263,15 @@ def subscale_order(shape: tuple[int, int, int]) -> torch.Tensor:
     return order
 
 
-@pytest.mark.parametrize("shape", [(1, 6, 6), (3, 4, 6)])
-def test_subscale_outputs_depend_on_exactly_the_earlier_subpixels_in_subscale_order(shape):
+@pytest.mark.parametrize("shape,first_slice", [((1, 6, 6), "shared"), ((3, 4, 6), "shared"), ((3, 4, 6), "separate")])
+def test_subscale_outputs_depend_on_exactly_the_earlier_subpixels_in_subscale_order(shape, first_slice):
     """Slices of a 2 x 2 unshuffle in turn, each raster-ordered: d logits / d x is nonzero
     exactly at the sub-pixels before it in that order (the earlier slices through the context
     network, whose 3 convolutions see the whole 3 x 3 slice here; the current slice through
-    the masks); zero at every later one."""
+    the masks); zero at every later one. A separate first-slice network changes none of it."""
     c, h, w = shape
     model = pixelcnn(shape, hidden_channels=24, first_kernel_size=5, num_layers=3, ordering="subscale",
-                     context_channels=8)
+                     context_channels=8, first_slice=first_slice)
     x = images(4, shape).requires_grad_(True)
     out, _ = model.slice_outputs(x, None)  # (K * 4, C, P, h/2, w/2)
     out = out.view(4, 4, c, -1, h // 2, w // 2)  # (K, B, C, P, h, w)
@@ -283,12 +286,13 @@ def test_subscale_outputs_depend_on_exactly_the_earlier_subpixels_in_subscale_or
                 assert torch.equal(depends, order < order[ch, r, col]), f"slice {k}, row {i}, column {j}, channel {ch}"
 
 
-@pytest.mark.parametrize("ordering", ["raster", "subscale"])
-def test_cold_samples_take_the_mode_of_the_parallel_passs_conditionals(ordering):
+@pytest.mark.parametrize("ordering,first_slice", [("raster", "shared"), ("subscale", "shared"), ("subscale", "separate")])
+def test_cold_samples_take_the_mode_of_the_parallel_passs_conditionals(ordering, first_slice):
     """The sampler follows the same conditionals as the likelihood, in the same order: at
     T -> 0 every sub-pixel drawn is the most likely level given the sub-pixels before it, as
     the teacher-forced pass over the finished sample computes it."""
-    model = pixelcnn((3, 4, 6), output="logistic_mixture", ordering=ordering, context_channels=8)
+    model = pixelcnn((3, 4, 6), output="logistic_mixture", ordering=ordering, context_channels=8,
+                     first_slice=first_slice)
     x = model.sample(5, generator=torch.Generator().manual_seed(0), options=PixelCNNSamplingConfig(temperature=1e-5))
     out, target = model.slice_outputs(x, None)
     log_p = model.level_logits(out)  # (K * 5, C, 256, h, w)
@@ -309,5 +313,40 @@ def test_subscale_likelihood_sums_every_slice_and_refuses_odd_sides():
     assert lp.shape == (3, 4, 1, 2, 2)
     assert torch.allclose(model.log_likelihood(x).nats, lp.flatten(1).sum(1))
     assert model.nfe() == 4 * 2 * (1 + 2) + 4
+    # first_slice: separate: slice 0 (even rows and columns) is the separate raster network's
+    # image, no context pass for it
+    sep = pixelcnn((1, 4, 4), ordering="subscale", context_channels=8, first_slice="separate")
+    lp = sep.subpixel_log_probs(x, None)
+    assert torch.allclose(lp[:, 0].flatten(1).sum(1), sep.first.log_likelihood(x[:, :, ::2, ::2]).nats)
+    assert torch.allclose(sep.log_likelihood(x).nats, lp.flatten(1).sum(1))
+    assert sep.nfe() == 4 * 2 * (1 + 2) + 3
     with pytest.raises(InputError, match=r"pixelcnn.ordering: subscale needs an even image side, got 5x4"):
         build_pixelcnn(PixelCNNConfig(ordering="subscale"), ImageSpec((1, 5, 4), 10))
+
+
+@pytest.mark.parametrize("labels,first_slice", [(None, "shared"), (torch.tensor([3]), "shared"), (None, "separate")])
+def test_fill_slices_loss_is_an_unbiased_draw_of_the_exact_loss(labels, first_slice):
+    """With ``fill_slices: 1`` each training loss is, for one image, the first slice's terms plus
+    three times one later slice's; over the three possible draws it averages to the exact loss
+    (so the gradient is unbiased), and all three draws happen. ``fill_slices: 3`` is the exact loss."""
+    shape = (1, 4, 4)
+    kw = {"ordering": "subscale", "context_channels": 8, "conditional": labels is not None, "first_slice": first_slice}
+    model = pixelcnn(shape, fill_slices=1, **kw)
+    x = images(1, shape)
+    per_slice = model.subpixel_log_probs(x, labels)[0].flatten(1).sum(1)  # (K,) nats
+    dims = x[0].numel()
+    candidates = torch.stack([-(per_slice[0] + 3 * per_slice[j]) / dims for j in (1, 2, 3)])
+    exact = -per_slice.sum() / dims
+    assert torch.allclose(candidates.mean(), exact)
+    torch.manual_seed(0)
+    drawn = set()
+    for _ in range(40):
+        loss = model.training_losses(x, labels, "model")["loss"]
+        hit = torch.isclose(candidates, loss, rtol=0, atol=1e-5).nonzero().flatten().tolist()
+        assert len(hit) == 1, (loss, candidates)  # one of the three, nothing else
+        drawn.add(hit[0])
+    assert drawn == {0, 1, 2}
+    exact_model = pixelcnn(shape, **kw)
+    assert torch.allclose(exact_model.training_losses(x, labels, "model")["loss"], exact)
+    with pytest.raises(ValidationError, match="fill_slices"):
+        PixelCNNConfig(fill_slices=4)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genpipe.config import PixelCNNSamplingConfig, PixelCNNConfig
+from genpipe.config import SUBSCALE, PixelCNNSamplingConfig, PixelCNNConfig
 from genpipe.errors import InputError
 from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup
 from genpipe.models.distributions import HALF_BIN, discretized_logistic_log_prob
@@ -101,9 +101,6 @@ def inverse_cdf_draw(logits: torch.Tensor, u: torch.Tensor, temperature: float) 
     return level.clamp(max=cdf.shape[-1] - 1)  # u above the float CDF's last value
 
 
-SUBSCALE = 2  # ordering=subscale: the image as SUBSCALE x SUBSCALE interleaved slices
-
-
 class PixelCNN(nn.Module):
     """Gated layers (type A, then type B) -> ReLU, masked 1x1, ReLU, masked 1x1 -> logits.
 
@@ -161,6 +158,11 @@ class PixelCNN(nn.Module):
             for proj in self.context_proj:  # starts as the unconditioned network
                 nn.init.zeros_(proj.weight)
                 nn.init.zeros_(proj.bias)
+        # the first slice's own network: a raster PixelCNN of the same size on the slice grid
+        self.first = None
+        if subscale and cfg.first_slice == "separate":
+            first_cfg = cfg.model_copy(update={"ordering": "raster", "first_slice": "shared"})
+            self.first = PixelCNN(first_cfg, ImageSpec((c, *self.grid), spec.num_classes))
 
     # -- subscale slices ----------------------------------------------------------------
     def to_slices(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,12 +195,40 @@ class PixelCNN(nn.Module):
         if self.slices == 1:
             return self.outputs(x, labels), x
         sl = self.to_slices(x)
-        b, c, k, h, w = sl.shape
+        b, k = sl.shape[0], sl.shape[2]
+        rows = torch.arange(b, device=x.device).repeat(k)
         index = torch.arange(k, device=x.device).repeat_interleave(b)  # slice-major (K * B,)
-        context = self.slice_context(sl.repeat(k, 1, 1, 1, 1), index)
-        target = sl.permute(2, 0, 1, 3, 4).reshape(k * b, c, h, w)
-        y = None if labels is None else labels.repeat(k)
-        return self.outputs(target, y, context=context), target
+        return self.teacher_forced(sl, rows, index, labels)
+
+    def teacher_forced(self, sl: torch.Tensor, rows: torch.Tensor, index: torch.Tensor,
+                       labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's output for slice ``index[i]`` of image ``rows[i]`` of ``sl`` (B, C, K, h, w),
+        given the slices before it: (out (N, C, P, h, w), the slices it predicts (N, C, h, w)).
+        Entries for the first slice (index 0) come first."""
+        target = sl[rows, :, index]
+        y = None if labels is None else labels[rows]
+        if self.first is None:
+            return self.outputs(target, y, context=self.slice_context(sl[rows], index)), target
+        m = int((index == 0).sum())  # the separate network's share
+        first = self.first.outputs(target[:m], None if y is None else y[:m])
+        later = self.outputs(target[m:], None if y is None else y[m:],
+                             context=self.slice_context(sl[rows[m:]], index[m:]))
+        return torch.cat([first, later]), target
+
+    def sampled_slices_log_prob(self, x: torch.Tensor, labels: torch.Tensor | None, fill: int) -> torch.Tensor:
+        """An unbiased estimate of the mean log p per sub-pixel that teacher-forces, per image,
+        the first slice and ``fill`` of the K - 1 later ones (drawn at random, without
+        replacement, from torch's global generator), each of those weighted (K - 1) / fill:
+        the later slices are near-determined by the first (they fill in around it), so their
+        terms vary little, and the network sees (1 + fill) / K of the full loss's slices."""
+        sl = self.to_slices(x)
+        b, k = sl.shape[0], sl.shape[2]
+        later = torch.rand(b, k - 1, device=x.device).argsort(dim=1)[:, :fill] + 1  # (B, fill)
+        index = torch.cat([torch.zeros(b, dtype=torch.long, device=x.device), later.T.reshape(-1)])
+        rows = torch.arange(b, device=x.device).repeat(1 + fill)  # slice-major, as index
+        lp = self.log_prob(*self.teacher_forced(sl, rows, index, labels)).flatten(1).sum(1)  # (N,)
+        total = lp[:b].sum() + (k - 1) / fill * lp[b:].sum()
+        return total / (b * x[0].numel())
 
     def subpixel_log_probs(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """log p(x_i | everything before i in the model's order) per sub-pixel, (B, K, C, h, w)."""
@@ -266,7 +296,12 @@ class PixelCNN(nn.Module):
         return {"model": OptimizerGroup(list(self.parameters()), c.lr, c.betas, c.weight_decay)}
 
     def training_losses(self, x: torch.Tensor, labels: torch.Tensor | None, phase: str) -> dict[str, torch.Tensor]:
-        nll = -self.subpixel_log_probs(x, self._labels(labels)).mean()  # nats/dim
+        labels = self._labels(labels)
+        fill = self.cfg.fill_slices
+        if fill < self.slices - 1:  # subscale: the first slice and ``fill`` of the others
+            nll = -self.sampled_slices_log_prob(x, labels, fill)  # nats/dim, unbiased
+        else:
+            nll = -self.subpixel_log_probs(x, labels).mean()  # nats/dim
         return {"loss": nll, "bpd": (nll / math.log(2)).detach()}
 
     @torch.no_grad()
@@ -305,6 +340,9 @@ class PixelCNN(nn.Module):
         u = self.to_slices(u)  # (n, C, K, h, w): raster K = 1
         slices = torch.zeros_like(u)
         for k in range(self.slices):  # subscale: slice after slice, each given those before it
+            if k == 0 and self.first is not None:
+                slices[:, :, 0] = self.first._draw_grid(u[:, :, 0], y, opts.temperature, None)
+                continue
             index = torch.full((n,), k, dtype=torch.long, device=device)
             context = self.slice_context(slices, index) if self.context_net is not None else None
             slices[:, :, k] = self._draw_grid(u[:, :, k], y, opts.temperature, context)
@@ -332,10 +370,11 @@ class PixelCNN(nn.Module):
 
     def nfe(self, options=None) -> int:
         """Sequential network passes per image: the vertical stack once per row, the horizontal
-        stack and head once per sub-pixel (and, subscale, the context network once per slice)."""
+        stack and head once per sub-pixel (and, subscale, the context network once per slice
+        that the shared network draws)."""
         c = self.spec.shape[0]
         height, width = self.grid
-        context = self.slices if self.context_net is not None else 0
+        context = self.slices - (self.first is not None) if self.context_net is not None else 0
         return self.slices * height * (1 + width * c) + context
 
     def _sampling_labels(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:

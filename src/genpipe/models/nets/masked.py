@@ -134,16 +134,17 @@ class GatedLayer(nn.Module):
         columns ``cols``), or None. ``context`` (B, 4n, H, W): a bias map over the whole image
         (eq. 5's V * s) computed from what the model may already see everywhere, e.g. the
         slices drawn before this one in the subscale order."""
-        bias = None
+        half = 0 if stack == "vertical" else 1  # of the 4n bias channels: this stack's 2n
+        bias = None  # the small terms first, the whole-image context map last (one large add)
         if self.label_bias is not None and labels is not None:
-            bias = self.label_bias(labels)[:, :, None, None]  # (B, 4n, 1, 1)
+            bias = self.label_bias(labels).chunk(2, dim=1)[half][:, :, None, None]  # (B, 2n, 1, 1)
         if self.row_bias is not None:
-            pos = (self.row_bias[:, rows] + self.col_bias[:, :, cols])[None]  # (1, 4n, R, W)
-            bias = pos if bias is None else bias + pos
+            pos = (self.row_bias.chunk(2)[half][:, rows] + self.col_bias.chunk(2)[half][:, :, cols])[None]
+            bias = pos if bias is None else bias + pos  # (1 or B, 2n, R, W)
         if context is not None:
-            ctx = context[:, :, rows, cols]
-            bias = ctx if bias is None else bias + ctx
-        return None if bias is None else bias.chunk(2, dim=1)[0 if stack == "vertical" else 1]
+            ctx = context.chunk(2, dim=1)[half][:, :, rows, cols]
+            bias = ctx if bias is None else ctx + bias.to(ctx.dtype)
+        return bias
 
     def vertical_step(self, v: torch.Tensor, labels: torch.Tensor | None,
                       rows: slice, context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
