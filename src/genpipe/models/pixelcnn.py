@@ -116,6 +116,10 @@ class PixelCNN(nn.Module):
 
     still an exact likelihood, in a coarse-to-fine order: the first slice is an (H/2) x (W/2)
     image whose whole extent the masked stack sees, and the other three fill in around it.
+    With ``first_slice: separate`` (SPN's separate first decoder) the first slice is drawn by
+    its own raster PixelCNN (``self.first``) and the shared network draws only the later ones;
+    ``fill_slices`` < 3 trains on an unbiased, cheaper estimate of the same loss
+    (:meth:`sampled_slices_log_prob`).
     """
 
     def __init__(self, cfg: PixelCNNConfig, spec: ImageSpec):
