@@ -320,6 +320,11 @@ def test_subscale_likelihood_sums_every_slice_and_refuses_odd_sides():
     assert torch.allclose(lp[:, 0].flatten(1).sum(1), sep.first.log_likelihood(x[:, :, ::2, ::2]).nats)
     assert torch.allclose(sep.log_likelihood(x).nats, lp.flatten(1).sum(1))
     assert sep.nfe() == 4 * 2 * (1 + 2) + 3
+    # teacher forcing takes (image, slice) pairs in any order: each output stays with its pair
+    sl, rows, index = sep.to_slices(x), torch.arange(3).repeat(4), torch.arange(4).repeat_interleave(3)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(sep.teacher_forced(sl, rows[perm], index[perm], None)[0],
+                          sep.teacher_forced(sl, rows, index, None)[0][perm], atol=1e-6)
     with pytest.raises(InputError, match=r"pixelcnn.ordering: subscale needs an even image side, got 5x4"):
         build_pixelcnn(PixelCNNConfig(ordering="subscale"), ImageSpec((1, 5, 4), 10))
 

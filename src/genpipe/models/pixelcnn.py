@@ -207,17 +207,19 @@ class PixelCNN(nn.Module):
     def teacher_forced(self, sl: torch.Tensor, rows: torch.Tensor, index: torch.Tensor,
                        labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's output for slice ``index[i]`` of image ``rows[i]`` of ``sl`` (B, C, K, h, w),
-        given the slices before it: (out (N, C, P, h, w), the slices it predicts (N, C, h, w)).
-        Entries for the first slice (index 0) come first."""
+        given the slices before it: (out (N, C, P, h, w), the slices it predicts (N, C, h, w))."""
         target = sl[rows, :, index]
         y = None if labels is None else labels[rows]
         if self.first is None:
             return self.outputs(target, y, context=self.slice_context(sl[rows], index)), target
-        m = int((index == 0).sum())  # the separate network's share
-        first = self.first.outputs(target[:m], None if y is None else y[:m])
-        later = self.outputs(target[m:], None if y is None else y[m:],
-                             context=self.slice_context(sl[rows[m:]], index[m:]))
-        return torch.cat([first, later]), target
+        # the first slices through their own network (no context), the others through this one
+        first, later = (index == 0).nonzero().squeeze(1), (index != 0).nonzero().squeeze(1)
+        out = torch.cat([
+            self.first.outputs(target[first], None if y is None else y[first]),
+            self.outputs(target[later], None if y is None else y[later],
+                         context=self.slice_context(sl[rows[later]], index[later])),
+        ])
+        return out[torch.cat([first, later]).argsort()], target  # back in the order of ``index``
 
     def sampled_slices_log_prob(self, x: torch.Tensor, labels: torch.Tensor | None, fill: int) -> torch.Tensor:
         """An unbiased estimate of the mean log p per sub-pixel that teacher-forces, per image,
