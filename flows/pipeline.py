@@ -18,6 +18,7 @@ from prefect.futures import as_completed
 
 import tasks
 from genpipe.config import load_config
+from genpipe.evaluation.report import plain
 from genpipe.tracking.dvc import is_dvc_repo
 from genpipe.training.world import configure_cpu
 
@@ -100,7 +101,7 @@ def main() -> None:
         ll = f"test {m['estimator']} {m['bits_per_dim']:.3f} bits/dim" if m else "no likelihood"
         print(f"{family}: {ll}; trained in {result['seconds'][family]['train']:.0f}s; images -> {result['generated'][family]['out']}")
     for line in result["report"]["verdict"]:
-        print(line.replace("**", ""))
+        print(plain(line))
     print(f"report: {result['report']['markdown']} and {result['report']['html']}")
     print(f"MLflow parent run {result['mlflow_parent_run_id']}; DVC recorded: {', '.join(result['dvc_recorded']) or 'nothing'}")
 

@@ -28,21 +28,26 @@ def test_prepare_train_evaluate_report(project):
     assert json.loads(outputs["evaluate"])["likelihood"]["estimator"] == "iwae-64"
     assert load_checkpoint(project / "models/vae/checkpoint.pt")["step"] == 20
     metrics = json.loads((project / "metrics/vae.json").read_text())
-    assert metrics["likelihood"]["bits_per_dim"] > 0 and (project / "figures/vae/samples.png").exists()
+    record = json.loads((project / "metrics/vae.provenance.json").read_text())
+    assert metrics["bits_per_dim"] == record["likelihood"]["bits_per_dim"] > 0
+    assert (project / "figures/vae/samples.png").exists()
     assert "feature network domain-cnn-" in outputs["features"]
-    assert json.loads(outputs["evaluate"])["extractor"] == metrics["quality"]["extractor_id"]
+    assert json.loads(outputs["evaluate"])["extractor"] == record["quality"]["extractor_id"]
     md = (project / "reports/comparison.md").read_text()
-    assert f"| vae | — | {metrics['quality']['fid']:.3g} |" in md  # the row carries the evaluated FID
+    assert f"| vae | — | {metrics['fid']:.3g} |" in md  # the row carries the evaluated FID
     assert "real (test split)" in md and (project / "reports/comparison.html").exists()
     assert (project / "reports/figures/precision_recall.png").exists()
+    assert "**" not in outputs["report"] and "Best image quality by FID: vae" in outputs["report"]  # no markdown marks
     summary = json.loads((project / "reports/comparison.json").read_text())
-    assert summary["vae"]["fid"] == pytest.approx(metrics["quality"]["fid"])
+    assert summary["model"] == "real (test split)" and summary["best_fid"] == "vae"
+    card = json.loads((project / "data/prepared/card.json").read_text())
+    assert summary["num_samples"] == card["counts"]["test"] and summary["fid"] < metrics["fid"]  # the real row
 
 
 def test_report_before_evaluate_exits_2(project):
     assert genpipe("prepare").returncode == 0
     proc = genpipe("report")
-    assert proc.returncode == 2 and "metrics/vae.json: no metrics for vae" in proc.stderr
+    assert proc.returncode == 2 and "metrics/vae.provenance.json: no evaluation of vae" in proc.stderr
     assert not (project / "reports").exists()
 
 

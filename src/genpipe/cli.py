@@ -13,12 +13,16 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import get_args
 
 from genpipe import __version__
 from genpipe.errors import InputError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from genpipe.config import FamilyName
+
+    families = sorted(get_args(FamilyName))
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     common.add_argument(
@@ -30,24 +34,24 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
     sub.add_parser("prepare", parents=[common], help="prepare the dataset: Parquet shards + card.json")
     t = sub.add_parser("train", parents=[common], help="train one family (in-process or on Ray Train)")
-    t.add_argument("--family", required=True, help="family to train, e.g. vae")
+    t.add_argument("--family", required=True, choices=families, help="family to train")
     t.add_argument("--resume", action="store_true", help="continue from models/<family>/last.pt, same MLflow run")
     t.add_argument("--seed", type=int, default=None,
                    help="train only this seed: `seed` or one of `stability_seeds` (default: all of them, in turn)")
     t.add_argument("--parent-run-id", default=os.environ.get("GENPIPE_PARENT_RUN_ID"), help=argparse.SUPPRESS)
     sub.add_parser("features", parents=[common], help="train the feature network of every distribution metric")
     e = sub.add_parser("evaluate", parents=[common], help="the evaluation protocol for one family (metrics/<family>.json)")
-    e.add_argument("--family", required=True)
+    e.add_argument("--family", required=True, choices=families)
     sub.add_parser("report", parents=[common], help="the comparison report: reports/comparison.md and .html")
     g = sub.add_parser("generate", parents=[common], help="batch-generate images + a Parquet manifest into a store")
-    g.add_argument("--family", default=None, help="generate from models/<family>/checkpoint.pt")
+    g.add_argument("--family", default=None, choices=families, help="generate from models/<family>/checkpoint.pt")
     g.add_argument("--run-id", default=None, help="or from the checkpoint artifact of this MLflow run")
     g.add_argument("--n", type=int, default=None, help="number of images (default: generate.n)")
     g.add_argument("--out", default=None, help="folder, file:///path or s3://bucket/prefix (default: generate.out/<family>)")
     g.add_argument("--seed", type=int, default=None, help="default: generate.seed")
     g.add_argument("--labels", default=None, help="conditional models: 7, 1,2,3 or balanced")
     w = sub.add_parser("latents", parents=[common], help="interpolations (and traversals) in a family's latent space")
-    w.add_argument("--family", required=True)
+    w.add_argument("--family", required=True, choices=families)
     w.add_argument("--seeds", type=int, nargs=2, default=(0, 1), metavar=("A", "B"), help="walk from seed A to seed B")
     w.add_argument("--steps", type=int, default=10, help="frames per walk")
     w.add_argument("--out", default=None, help="folder (default: reports/latents/<family>)")
@@ -91,10 +95,10 @@ def run(argv: Sequence[str] | None = None) -> int:
                           "images_per_s": metrics["speed"]["images_per_s"], "extractor": q["extractor_id"],
                           "samples_png": metrics["samples_png"]}, indent=2))
     elif args.stage == "report":
-        from genpipe.evaluation.report import write_report
+        from genpipe.evaluation.report import plain, write_report
 
         out = write_report(cfg)
-        print("\n".join(out["verdict"]))
+        print("\n".join(plain(line) for line in out["verdict"]))
         print(f"wrote {out['markdown']} and {out['html']}")
     elif args.stage == "latents":
         from pathlib import Path

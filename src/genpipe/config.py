@@ -28,6 +28,7 @@ from genpipe.errors import InputError
 
 DEFAULT_PARAMS = Path("params.yaml")
 INCEPTION_FEATURE_DIM = 2048  # the FID Inception-v3's pool3 width (features.extractor=inception)
+FamilyName = Literal["vae", "gmm", "flow", "gan", "pixelcnn", "diffusion"]  # the sections below, one per family
 SUBSCALE = 2  # pixelcnn.ordering=subscale: the image as SUBSCALE x SUBSCALE interleaved slices
 
 
@@ -339,7 +340,7 @@ class Config(Section):
     # extra training seeds: each family is also trained with each of these (models/<family>/seeds/<s>/),
     # and the report gives the spread of FID over `seed` and these (training stability)
     stability_seeds: tuple[NonNegativeInt, ...] = ()
-    families: tuple[Literal["vae", "gmm", "flow", "gan", "pixelcnn", "diffusion"], ...] = Field(("vae",), min_length=1)  # trained by the pipeline
+    families: tuple[FamilyName, ...] = Field(("vae",), min_length=1)  # trained by the pipeline
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()

@@ -18,6 +18,7 @@ from genpipe.errors import InputError
 from genpipe.evaluation import evaluate_family, heldout_likelihood, load_trained, make_grid
 from genpipe.evaluation.features import train_feature_net
 from genpipe.evaluation.speed import TimedSamples, sample_timed, sampling_speed
+from genpipe.evaluation.summary import family_summary
 from genpipe.models import sampling_options
 from genpipe.models.base import LogLikelihood
 from genpipe.storage import sha256_file
@@ -79,8 +80,11 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri, mon
     card = train_feature_net(cfg, progress=False)
     metrics = evaluate_family(cfg, "vae")
 
-    on_disk = json.loads((project / "metrics/vae.json").read_text())
-    assert on_disk == metrics
+    assert json.loads((project / "metrics/vae.provenance.json").read_text()) == metrics  # the full record
+    summary = json.loads((project / "metrics/vae.json").read_text())  # the DVC metrics: flat figures
+    assert summary == family_summary(metrics) and summary["fid"] == metrics["quality"]["fid"]
+    assert summary["bits_per_dim"] == metrics["likelihood"]["bits_per_dim"] and summary["bits_per_dim_is"] == "bound"
+    assert not [k for k, v in summary.items() if isinstance(v, (dict, list)) or "sha256" in k]
     ll = metrics["likelihood"]
     assert ll["kind"] == "lower_bound" and ll["estimator"] == "iwae-64"
     assert ll["bits_per_dim"] == pytest.approx(ll["nll_nats"] / (64 * math.log(2)))
@@ -103,7 +107,8 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri, mon
     run = client.get_run(out.run_id)
     assert run.data.metrics["test_bits_per_dim"] == pytest.approx(ll["bits_per_dim"])
     assert {a.path for a in client.list_artifacts(out.run_id, "evaluation")} == {
-        "evaluation/vae.json", "evaluation/samples.png", "evaluation/interpolation.png", "evaluation/traversal.png"
+        "evaluation/vae.json", "evaluation/vae.provenance.json", "evaluation/samples.png",
+        "evaluation/interpolation.png", "evaluation/traversal.png"
     }
     # the protocol: every distribution metric, named by its extractor and sample count
     q = metrics["quality"]

@@ -63,8 +63,10 @@ def test_pipeline_flow_end_to_end(project, prefect_api, ray_cluster, bucket, mlf
     times = _task_times(state.state_details.flow_run_id)
     assert times["train-vae-seed1"][0] >= times["train-vae-seed0"][1]
     assert times["evaluate-vae"][0] >= times["train-vae-seed1"][1]
-    metrics = json.loads((load_config("params.yaml").paths.metrics / "vae.json").read_text())
-    assert metrics["seeds"]["training_seeds"] == [0, 1] and len(metrics["seeds"]["fid"]) == 2
+    record = json.loads((load_config("params.yaml").paths.metrics / "vae.provenance.json").read_text())
+    assert record["seeds"]["training_seeds"] == [0, 1] and len(record["seeds"]["fid"]) == 2
+    summary = json.loads((load_config("params.yaml").paths.metrics / "vae.json").read_text())
+    assert summary["fid_seed_mean"] == pytest.approx(record["seeds"]["fid_mean"])
     assert result["dvc_recorded"] == []  # a flow run with a temp project: not a DVC repo
 
     # the checkpoint loads and samples

@@ -10,9 +10,10 @@ reference row, and writes
   ordering, computed from the numbers;
 * ``reports/figures/``: FID against NFE, precision against recall, training losses (from
   MLflow), and each family's sample grid;
-* ``reports/comparison.json`` (DVC metrics: the table's numbers) and ``reports/plots/*.json``
-  (DVC plots). Every per-family number is also in ``metrics/<family>.json``, the evaluate
-  stage's DVC metrics.
+* ``reports/comparison.json`` (DVC metrics: the real-data row, under the same keys as every
+  ``metrics/<family>.json``, and which family leads by FID, bits/dim and speed),
+  ``reports/plots/*.json`` (DVC plots) and ``reports/provenance.json`` (every row of the table
+  and what produced it; linked from the report).
 
 Every number names what produced it: dataset and checkpoint sha256, extractor id, sample
 count, sampler and NFE, seed.
@@ -21,14 +22,16 @@ count, sampler and NFE, seed.
 from __future__ import annotations
 
 import html
-import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 from genpipe.config import Config
 from genpipe.errors import InputError
+from genpipe.evaluation.report_plots import loss_histories, write_plots
+from genpipe.evaluation.summary import provenance_path, quality_summary, sampler_name
 from genpipe.storage import atomic_write_bytes
 
 QUESTIONS = (
@@ -41,21 +44,34 @@ QUESTIONS = (
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
+    """Three significant digits below 100, whole numbers from 100 on: one column, one notation."""
     if v is None:
         return "—"
     if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        return f"{v:.{digits}g}" if abs(v) < 1e4 else f"{v:.0f}"
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.{digits}g}" if abs(v) < 100 else f"{v:.0f}"
     return str(v)
+
+
+def plain(line: str) -> str:
+    """A verdict line for a terminal: the markdown marks (``**bold**``, `` `code` ``) dropped."""
+    return line.replace("**", "").replace("`", "")
+
+
+def inline_html(line: str) -> str:
+    """A verdict line as HTML: ``**bold**`` -> <strong>, `` `code` `` -> <code>, the rest escaped."""
+    text = html.escape(line, quote=False)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
 def _read_metrics(cfg: Config) -> dict[str, dict[str, Any]]:
     out = {}
     for family in cfg.families:
-        path = Path(cfg.paths.metrics) / f"{family}.json"
+        path = provenance_path(cfg.paths.metrics, family)
         if not path.exists():
-            raise InputError(f"{path}: no metrics for {family}; run `genpipe evaluate --family {family}` first")
+            raise InputError(f"{path}: no evaluation of {family}; run `genpipe evaluate --family {family}` first")
         m = json.loads(path.read_text())
         if "quality" not in m:
             raise InputError(f"{path}: written by an older evaluate stage; run `genpipe evaluate --family {family}` again")
@@ -87,96 +103,13 @@ def _same_extractor(metrics: dict[str, dict[str, Any]], real: dict[str, Any], cf
                          "run `genpipe evaluate` again for every family")
 
 
-def _loss_histories(metrics: dict[str, dict[str, Any]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
-    """Training-loss curves from each family's MLflow run (empty where unavailable)."""
-    from genpipe import tracking
-
-    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
-    try:
-        client = tracking.client()
-    except Exception:  # noqa: BLE001 - the report still renders without curves
-        return out
-    for family, m in metrics.items():
-        run_id = m.get("mlflow_run_id")
-        if not run_id:
-            continue
-        curves = {}
-        try:
-            keys = [k for k in client.get_run(run_id).data.metrics if "loss" in k and not k.startswith("eval/")]
-            for key in sorted(keys):
-                curves[key] = [(h.step, h.value) for h in client.get_metric_history(run_id, key)]
-        except Exception:  # noqa: BLE001 - a missing run leaves that family's curve out
-            continue
-        out[family] = curves
-    return out
-
-
-def _plots(metrics: dict, real: dict, losses: dict, folder: Path, pr_k: int) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-
-    def save(fig, name):
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        atomic_write_bytes(folder / name, buf.getvalue())
-        paths.append(folder / name)
-
-    fig, ax = plt.subplots(figsize=(5, 4))
-    for family, m in metrics.items():
-        q = m["quality"]
-        ax.scatter(q["recall"], q["precision"], s=50)
-        ax.annotate(family, (q["recall"], q["precision"]), textcoords="offset points", xytext=(5, 3))
-    ax.scatter(real["recall"], real["precision"], marker="*", s=120, c="k")
-    ax.annotate("real (test)", (real["recall"], real["precision"]), textcoords="offset points", xytext=(5, -10))
-    ax.set(xlabel="recall (diversity)", ylabel="precision (fidelity)", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02),
-           title=f"Precision vs recall (k={pr_k})")
-    ax.grid(alpha=0.3)
-    save(fig, "precision_recall.png")
-
-    sweeps = {f: m["sweep"] for f, m in metrics.items() if m.get("sweep")}
-    if sweeps:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for family, rows in sweeps.items():
-            for sampler in dict.fromkeys(r["sampler"] for r in rows):
-                pts = sorted((r["nfe"], r["fid"]) for r in rows if r["sampler"] == sampler)
-                ax.plot(*zip(*pts), marker="o", label=f"{family} {sampler}")
-        nfes = sorted({r["nfe"] for rows in sweeps.values() for r in rows})
-        ax.set(xscale="log", xlabel="network evaluations per image (NFE)", ylabel="FID (lower is better)",
-               title="Sampler sweep: FID vs NFE")
-        ax.set_xticks(nfes, [str(n) for n in nfes])
-        ax.minorticks_off()
-        ax.legend()
-        ax.grid(alpha=0.3, which="both")
-        save(fig, "fid_vs_nfe.png")
-
-    losses = {f: c for f, c in losses.items() if c}  # families fitted without a loss (GMM) have no curve
-    if losses:
-        n = len(losses)
-        fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.8), squeeze=False)
-        for ax, (family, curves) in zip(axes[0], losses.items()):
-            for key, pts in curves.items():
-                if pts:
-                    ax.plot(*zip(*pts), label=key, lw=1)
-            ax.set(title=family, xlabel="step")
-            if curves:
-                ax.legend(fontsize=6)
-        save(fig, "training_losses.png")
-    return paths
-
-
 def _rows(metrics: dict, real: dict) -> list[dict[str, Any]]:
     rows = []
     for family, m in metrics.items():
         q, sp, tr, ll = m["quality"], m["speed"], m["training"], m.get("likelihood")
-        sampler = m.get("sampling") or {}
         rows.append({
             "model": family,
-            "sampler": _sampler_name(sampler),
+            "sampler": sampler_name(m.get("sampling")) or "—",
             "fid": q["fid"], "kid": q["kid"], "precision": q["precision"], "recall": q["recall"],
             "density": q["density"], "coverage": q["coverage"],
             "is": q.get("inception_score"), "classes": q.get("classes_covered"), "class_kl": q.get("class_kl"),
@@ -189,10 +122,10 @@ def _rows(metrics: dict, real: dict) -> list[dict[str, Any]]:
             "fid_seed_mean": (m.get("seeds") or {}).get("fid_mean"), "fid_seed_std": (m.get("seeds") or {}).get("fid_std"),
             "n": q["num_samples"], "seed": q.get("seed"), "checkpoint": m["checkpoint_sha256"][:12],
         })
-        for r in m.get("sweep") or []:
-            rows.append({"model": family, "sampler": _sampler_name(r["sampling"]), "fid": r["fid"], "kid": r["kid"],
-                         "precision": r["precision"], "recall": r["recall"], "nfe": r["nfe"],
-                         "images_per_s": r["images_per_s"], "n": r["num_samples"], "seed": r["seed"],
+        for r in m.get("sweep") or []:  # its own (smaller) n: marked in the row, not only in the n column
+            rows.append({"model": family, "sampler": f"{sampler_name(r['sampling'])} (sweep, n={r['num_samples']})",
+                         "fid": r["fid"], "kid": r["kid"], "precision": r["precision"], "recall": r["recall"],
+                         "nfe": r["nfe"], "images_per_s": r["images_per_s"], "n": r["num_samples"], "seed": r["seed"],
                          "checkpoint": m["checkpoint_sha256"][:12], "sweep": True})
     rows.append({"model": "real (test split)", "sampler": "—", "fid": real["fid"], "kid": real["kid"],
                  "precision": real["precision"], "recall": real["recall"], "density": real["density"],
@@ -209,30 +142,27 @@ def _seed_spread(seeds: dict | None) -> str | None:
     return f"{seeds['fid_mean']:.3g} ± {seeds['fid_std']:.2g} ({len(seeds['fid'])} seeds)"
 
 
-def _sampler_name(s: dict) -> str:
-    if not s:
-        return "—"
-    if "sampler" in s:
-        return s["sampler"] if s["sampler"] == "ddpm" else f"{s['sampler']}-{s['steps']}"
-    return ", ".join(f"{k}={v}" for k, v in s.items())
-
-
 COLUMNS = [  # (key, header)
-    ("model", "model"), ("sampler", "sampler"), ("fid", "FID ↓"), ("kid", "KID ↓"), ("precision", "precision ↑"),
+    ("model", "model"), ("sampler", "sampler"), ("fid", "FID ↓"), ("kid", "KID ×10³ ↓"), ("precision", "precision ↑"),
     ("recall", "recall ↑"), ("density", "density"), ("coverage", "coverage ↑"), ("is", "IS ↑"),
     ("classes", "classes"), ("class_kl", "class KL ↓"), ("sharpness", "sharpness / real"),
     ("nn_ratio", "NN-dist ratio"), ("bpd", "bits/dim ↓"), ("images_per_s", "images/s ↑"), ("nfe", "NFE"),
     ("train_s", "train s"), ("steps", "steps"), ("fid_seeds", "FID over training seeds"), ("n", "n"),
     ("checkpoint", "checkpoint"),
 ]
+SCALE = {"kid": 1e3}  # column key -> factor the table shows it multiplied by (the files keep the raw value)
 
 
 TABLE_NOTES = [
-    "Sweep rows use their own sample count (n); FID is biased upward at small n, so compare a row "
-    "with rows of the same n. The real row scores the held-out test images (small n) with the same code.",
-    "images/s: timed on the very batches that were scored (evaluate.batch_size images each), the "
-    "median over the batches after the first, which warms up (with a single batch, that one); sweep "
-    "rows likewise on their n images.",
+    "Sweep rows use their own sample count (n, said in the row); FID is biased upward at small n, so "
+    "compare a row with rows of the same n: a sweep row with the main row's sampler scores the first n "
+    "of the main row's images. The real row scores the held-out test images (small n) with the same code.",
+    "KID (×10³) is the unbiased estimate of the squared MMD (polynomial kernel), averaged over subsets: "
+    "for two samples of one distribution it scatters around 0 and can come out negative, as the real "
+    "row's may; read a value within its subset spread (kid_std in the provenance) of 0 as 0.",
+    "images/s: wall-clock, timed on the very batches that were scored (evaluate.batch_size images each), "
+    "the median over the batches after the first, which warms up (with a single batch, that one); sweep "
+    "rows likewise on their n images. It moves with the machine's load and threads; NFE does not.",
     "Sharpness: mean squared Laplacian relative to the real train images (< 1 blurrier). NN-dist ratio: "
     "mean nearest-train-image distance of samples over that of held-out real images (< 1: closer to the "
     "training images than unseen real ones are — copying).",
@@ -241,7 +171,10 @@ TABLE_NOTES = [
 
 def _cell(row: dict[str, Any], key: str) -> str:
     """One table cell: the value, marked where its column means something else for this row."""
-    text = _fmt(row.get(key))
+    value = row.get(key)
+    if key in SCALE and isinstance(value, (int, float)):
+        value = float(value) * SCALE[key]
+    text = _fmt(value)
     if key == "bpd" and row.get("bpd_kind") == "bound":
         text += " (bound)"
     return text
@@ -261,7 +194,10 @@ def verdict(metrics: dict[str, dict[str, Any]], losses: dict) -> list[str]:
     speed = {f: m["speed"]["images_per_s"] for f, m in metrics.items()}
     if "gan" in q:
         faster = [f for f in speed if speed[f] > speed["gan"]]
-        lines.append(f"'GANs sample fast': GAN {speed['gan']:.0f} images/s at NFE {metrics['gan']['speed']['nfe']}"
+        sp = metrics["gan"]["speed"]
+        where = f"wall-clock on {sp.get('device', '?')}, {sp.get('threads', '?')} threads, batch {sp.get('batch_size', '?')}"
+        lines.append(f"'GANs sample fast': GAN {speed['gan']:.0f} images/s ({where}; rates move with machine load, "
+                     f"the NFE does not) at NFE {sp['nfe']}"
                      + (f"; faster: {', '.join(faster)}." if faster else ", the fastest here."))
         gl = losses.get("gan", {})
         d_curve = gl.get("discriminator/loss")
@@ -301,61 +237,96 @@ def verdict(metrics: dict[str, dict[str, Any]], losses: dict) -> list[str]:
 
 
 def write_report(cfg: Config) -> dict[str, Any]:
-    """Write reports/comparison.{md,html}, the plots, reports/comparison.json and the DVC plot files."""
+    """Write reports/comparison.{md,html}, the plots, reports/comparison.json, reports/provenance.json
+    and the DVC plot files."""
     metrics = _read_metrics(cfg)
     real = real_reference(cfg)
     _same_extractor(metrics, real, cfg)
-    losses = _loss_histories(metrics)
+    losses = loss_histories(metrics)
     folder = Path(cfg.paths.reports)
-    plots = _plots(metrics, real, losses, folder / "figures", cfg.evaluate.pr_k)
-    grids = {}
-    for family, m in metrics.items():
-        src = Path(m["samples_png"])
-        if src.exists():
-            dst = folder / "figures" / f"samples-{family}.png"
-            atomic_write_bytes(dst, src.read_bytes())
-            grids[family] = dst
+    plots = write_plots(metrics, real, losses, folder / "figures", cfg.evaluate.pr_k)
+    images = _copy_figures(metrics, folder / "figures")
     rows = _rows(metrics, real)
     lines = verdict(metrics, losses)
+    provenance = _provenance(metrics, cfg, rows)
+    atomic_write_bytes(folder / "provenance.json", (json.dumps(provenance, indent=2) + "\n").encode())
+    atomic_write_bytes(folder / "comparison.md", _markdown(rows, lines, plots, images, provenance, folder).encode())
+    atomic_write_bytes(folder / "comparison.html", _html(rows, lines, plots, images, provenance, folder).encode())
+    atomic_write_bytes(folder / "comparison.json", (json.dumps(_summary(metrics, real), indent=2) + "\n").encode())
+    pr = [{"model": r["model"], "precision": r["precision"], "recall": r["recall"]} for r in rows if not r.get("sweep")]
+    atomic_write_bytes(folder / "plots" / "precision_recall.json", (json.dumps(pr, indent=2) + "\n").encode())
+    sweep = [{"model": f, "sampler": r["sampler"], "nfe": r["nfe"], "fid": r["fid"]}
+             for f, m in metrics.items() for r in m.get("sweep") or []]
+    atomic_write_bytes(folder / "plots" / "fid_vs_nfe.json", (json.dumps(sweep, indent=2) + "\n").encode())
+    return {"markdown": (folder / "comparison.md").as_posix(), "html": (folder / "comparison.html").as_posix(),
+            "rows": rows, "verdict": lines, "provenance": provenance}
+
+
+def _summary(metrics: dict[str, dict[str, Any]], real: dict[str, Any]) -> dict[str, Any]:
+    """``reports/comparison.json``: the real-data row under the keys of ``metrics/<family>.json``
+    (one more row of ``dvc metrics show``) and which family leads."""
+    out: dict[str, Any] = {"model": "real (test split)", **quality_summary(real)}
+    out["best_fid"] = min(metrics, key=lambda f: metrics[f]["quality"]["fid"])
+    ll = {f: m["likelihood"]["bits_per_dim"] for f, m in metrics.items() if m.get("likelihood")}
+    if ll:
+        out["best_bits_per_dim"] = min(ll, key=ll.get)
+    out["fastest_sampling"] = max(metrics, key=lambda f: metrics[f]["speed"]["images_per_s"])
+    return out
+
+
+def _copy_figures(metrics: dict[str, dict[str, Any]], folder: Path) -> dict[str, list[Path]]:
+    """Each family's evaluation figures (samples, and interpolation / traversal where it has a
+    latent space) copied beside the report: ``<kind>-<family>.png``."""
+    out: dict[str, list[Path]] = {}
+    for family, m in metrics.items():
+        for src in map(Path, m.get("figures") or [m["samples_png"]]):
+            if src.exists():
+                dst = folder / f"{src.stem}-{family}.png"
+                atomic_write_bytes(dst, src.read_bytes())
+                out.setdefault(family, []).append(dst)
+    return out
+
+
+def _provenance(metrics: dict[str, dict[str, Any]], cfg: Config, rows: list[dict[str, Any]]) -> dict[str, Any]:
     any_m = next(iter(metrics.values()))
-    provenance = {
+    return {
         "dataset_sha256": any_m["dataset_sha256"],
         "extractor": any_m["extractor"],
         "num_samples": any_m["quality"]["num_samples"],  # what was scored, not today's params
         "seed": any_m["quality"].get("seed", cfg.seed),
-        "families": {f: {"checkpoint_sha256": m["checkpoint_sha256"], "mlflow_run_id": m.get("mlflow_run_id"),
-                         "sampling": m.get("sampling"), "nfe": m["speed"]["nfe"],
+        "families": {f: {"checkpoint_sha256": m["checkpoint_sha256"], "checkpoint_step": m.get("checkpoint_step"),
+                         "mlflow_run_id": m.get("mlflow_run_id"), "sampling": m.get("sampling"), "nfe": m["speed"]["nfe"],
                          "speed": {k: m["speed"].get(k) for k in ("batch_size", "device", "threads", "timed_batches")}}
                      for f, m in metrics.items()},
+        "rows": rows,
     }
-    md = _markdown(rows, lines, plots, grids, provenance, folder)
-    atomic_write_bytes(folder / "comparison.md", md.encode())
-    atomic_write_bytes(folder / "comparison.html", _html(rows, lines, plots, grids, provenance, folder).encode())
-
-    summary = {r["model"] if not r.get("sweep") else f"{r['model']}/{r['sampler']}":
-               {k: r.get(k) for k in [*(k for k, _ in COLUMNS), "fid_seed_mean", "fid_seed_std"]
-                if k not in ("model", "sampler", "checkpoint", "fid_seeds") and r.get(k) is not None}
-               for r in rows}
-    atomic_write_bytes(folder / "comparison.json", (json.dumps(summary, indent=2) + "\n").encode())
-    pr = [{"model": r["model"], "precision": r["precision"], "recall": r["recall"]} for r in rows if not r.get("sweep")]
-    atomic_write_bytes(folder / "plots" / "precision_recall.json", (json.dumps(pr, indent=2) + "\n").encode())
-    sweep = [{"model": r["model"], "sampler": r["sampler"].split("-")[0], "nfe": r["nfe"], "fid": r["fid"]}
-             for r in rows if r.get("sweep")]
-    atomic_write_bytes(folder / "plots" / "fid_vs_nfe.json", (json.dumps(sweep, indent=2) + "\n").encode())
-    return {"markdown": (folder / "comparison.md").as_posix(), "html": (folder / "comparison.html").as_posix(),
-            "rows": rows, "verdict": lines, "provenance": provenance}
 
 
 def _rel(path: Path, folder: Path) -> str:
     return path.relative_to(folder).as_posix()
 
 
-def _markdown(rows, lines, plots, grids, prov, folder) -> str:
-    out = ["# genpipe comparison report", "",
-           f"Dataset sha256 `{prov['dataset_sha256'][:16]}…`; feature extractor `{prov['extractor'].get('id')}` "
-           f"(test accuracy {_fmt(prov['extractor'].get('test_accuracy'))}); {prov['num_samples']} samples per family, "
-           f"seed {prov['seed']}. Reference for FID/KID/PR/DC: the train split's features.", "",
-           "The questions and where the answer is:", ""]
+PROVENANCE_COLUMNS = ("family", "checkpoint sha256", "step", "MLflow run", "sampler", "NFE", "timed on")
+
+
+def _provenance_rows(prov: dict[str, Any]) -> list[tuple[str, ...]]:
+    out = []
+    for family, f in prov["families"].items():
+        sp = f["speed"]
+        out.append((family, f["checkpoint_sha256"][:16], _fmt(f.get("checkpoint_step")), f.get("mlflow_run_id") or "—",
+                    sampler_name(f.get("sampling")) or "—", str(f["nfe"]),
+                    f"{sp.get('device')}, {sp.get('threads')} threads, batch {sp.get('batch_size')}"))
+    return out
+
+
+def _header(prov: dict[str, Any]) -> str:
+    return (f"Dataset sha256 `{prov['dataset_sha256'][:16]}…`; feature extractor `{prov['extractor'].get('id')}` "
+            f"(test accuracy {_fmt(prov['extractor'].get('test_accuracy'))}); {prov['num_samples']} samples per family, "
+            f"seed {prov['seed']}. Reference for FID/KID/PR/DC: the train split's features.")
+
+
+def _markdown(rows, lines, plots, images, prov, folder) -> str:
+    out = ["# genpipe comparison report", "", _header(prov), "", "The questions and where the answer is:", ""]
     out += [f"{i}. {q}" for i, q in enumerate(QUESTIONS, 1)]
     out += ["", "## What the numbers say", ""] + [f"- {line}" for line in lines]
     out += ["", "## One row per family (and per sampler setting)", "",
@@ -364,12 +335,16 @@ def _markdown(rows, lines, plots, grids, prov, folder) -> str:
         out.append("| " + " | ".join(_cell(r, k) for k, _ in COLUMNS) + " |")
     out += [""] + TABLE_NOTES + [""]
     out += ["## Plots", ""] + [f"![{p.stem}]({_rel(p, folder)})" for p in plots]
-    out += ["", "## Samples", ""] + [f"### {f}\n\n![{f}]({_rel(p, folder)})\n" for f, p in grids.items()]
-    out += ["## Provenance", "", "```json", json.dumps(prov, indent=2), "```", ""]
-    return "\n".join(out)
+    out += ["", "## Samples", ""]
+    for family, paths in images.items():
+        out += [f"### {family}", ""] + [f"![{p.stem}]({_rel(p, folder)})" for p in paths] + [""]
+    out += ["## Provenance", "", "Every number and what produced it: [provenance.json](provenance.json).", "",
+            "| " + " | ".join(PROVENANCE_COLUMNS) + " |", "|" + "---|" * len(PROVENANCE_COLUMNS)]
+    out += ["| " + " | ".join(cells) + " |" for cells in _provenance_rows(prov)]
+    return "\n".join(out) + "\n"
 
 
-def _html(rows, lines, plots, grids, prov, folder) -> str:
+def _html(rows, lines, plots, images, prov, folder) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for _, h in COLUMNS)
     body = ""
@@ -377,28 +352,32 @@ def _html(rows, lines, plots, grids, prov, folder) -> str:
         cells = "".join(f"<td>{esc(_cell(r, k))}</td>" for k, _ in COLUMNS)
         body += f"<tr{' class=sweep' if r.get('sweep') else ''}>{cells}</tr>\n"
     notes = "".join(f"<p>{esc(n)}</p>" for n in TABLE_NOTES)
-    imgs = "".join(f'<figure><img src="{esc(_rel(p, folder))}"><figcaption>{esc(p.stem)}</figcaption></figure>' for p in plots)
-    samples = "".join(f'<figure><img src="{esc(_rel(p, folder))}" width="288"><figcaption>{esc(f)}</figcaption></figure>'
-                      for f, p in grids.items())
-    verdict_html = "".join(f"<li>{esc(line).replace('**', '')}</li>" for line in lines)
+    figs = "".join(f'<figure><img src="{esc(_rel(p, folder))}"><figcaption>{esc(p.stem)}</figcaption></figure>' for p in plots)
+    samples = "".join(
+        f"<h3>{esc(f)}</h3>" + "".join(f'<figure><img src="{esc(_rel(p, folder))}" style="max-width:100%">'
+                                       f"<figcaption>{esc(p.stem)}</figcaption></figure>" for p in paths)
+        for f, paths in images.items())
+    verdict_html = "".join(f"<li>{inline_html(line)}</li>" for line in lines)
     questions = "".join(f"<li>{esc(q)}</li>" for q in QUESTIONS)
+    prov_head = "".join(f"<th>{esc(h)}</th>" for h in PROVENANCE_COLUMNS)
+    prov_body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>" for cells in _provenance_rows(prov))
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>genpipe comparison</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;font-size:13px}}
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}}tr.sweep{{color:#555;background:#f6f6f6}}
-figure{{display:inline-block;margin:8px}}pre{{background:#f4f4f4;padding:8px}}</style></head><body>
+figure{{display:inline-block;margin:8px;max-width:100%}}img{{max-width:100%}}code{{background:#f4f4f4;padding:0 3px}}</style></head><body>
 <h1>genpipe comparison report</h1>
-<p>Dataset sha256 <code>{esc(prov['dataset_sha256'][:16])}…</code>; extractor <code>{esc(str(prov['extractor'].get('id')))}</code>;
-{prov['num_samples']} samples per family; seed {prov['seed']}.</p>
+<p>{inline_html(_header(prov))}</p>
 <ol>{questions}</ol>
 <h2>What the numbers say</h2><ul>{verdict_html}</ul>
 <h2>One row per family (and per sampler setting)</h2>
-<table><tr>{head}</tr>
-{body}</table>
+<div style="overflow-x:auto"><table><tr>{head}</tr>
+{body}</table></div>
 {notes}
-<h2>Plots</h2>{imgs}
+<h2>Plots</h2>{figs}
 <h2>Samples</h2>{samples}
-<h2>Provenance</h2><pre>{esc(json.dumps(prov, indent=2))}</pre>
+<h2>Provenance</h2>
+<p>Every number and what produced it: <a href="provenance.json">provenance.json</a>.</p>
+<table><tr>{prov_head}</tr>{prov_body}</table>
 </body></html>
 """
-

@@ -10,7 +10,9 @@ grid; sampling cost, timed on those same batches (:mod:`genpipe.evaluation.speed
 trained with those seeds and its spread; for diffusion, the sampler sweep
 (``evaluate.diffusion_sweep``: FID against NFE).
 
-Writes ``metrics/<family>.json`` (a DVC metric; the sweep's rows too), ``figures/<family>/`` (the sample grid; for families with a latent
+Writes ``metrics/<family>.json`` (the DVC metrics: the figures a person compares, see
+:mod:`genpipe.evaluation.summary`), ``metrics/<family>.provenance.json`` (the full record: every
+number with what produced it, the sweep's rows too), ``figures/<family>/`` (the sample grid; for families with a latent
 space also interpolations and traversals), and logs them to the family's training run in
 MLflow. Every number carries what produced it: dataset and checkpoint sha256, extractor id,
 sample count, sampler and NFE, seed.
@@ -32,6 +34,7 @@ from genpipe.data import load_split, read_card, to_model_range
 from genpipe.errors import InputError
 from genpipe.evaluation.grid import make_grid
 from genpipe.evaluation.speed import TimedSamples, model_device, sample_timed, sampling_speed
+from genpipe.evaluation.summary import family_summary, metrics_path, provenance_path
 from genpipe.models import get_family, sampling_options
 from genpipe.models.base import LatentModel
 from genpipe.storage import atomic_write_bytes, sha256_file
@@ -115,7 +118,9 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
     metrics["figures"] = [p.as_posix() for p in figure_paths]
     metrics |= protocol_metrics(cfg, family, model, options, state, metrics["checkpoint_sha256"], scored)
     metrics["seconds"] = time.perf_counter() - t0
-    atomic_write_bytes(metrics_dir / f"{family}.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    record_path, summary_path = provenance_path(metrics_dir, family), metrics_path(metrics_dir, family)
+    atomic_write_bytes(record_path, (json.dumps(metrics, indent=2) + "\n").encode())
+    atomic_write_bytes(summary_path, (json.dumps(family_summary(metrics), indent=2) + "\n").encode())
 
     run_id = metrics["mlflow_run_id"]
     if run_id:
@@ -127,7 +132,8 @@ def evaluate_family(cfg: Config, family: str) -> dict[str, Any]:
         if likelihood is not None:
             scalars |= {"test_nll_nats": likelihood["nll_nats"], "test_bits_per_dim": likelihood["bits_per_dim"]}
         tracking.log_metrics(run_id, scalars, step=state["step"], uri=uri)
-        tracking.log_artifact(run_id, metrics_dir / f"{family}.json", "evaluation", uri=uri)
+        for path in (summary_path, record_path):
+            tracking.log_artifact(run_id, path, "evaluation", uri=uri)
         for path in figure_paths:
             tracking.log_artifact(run_id, path, "evaluation", uri=uri)
     return metrics
