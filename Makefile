@@ -37,4 +37,4 @@ lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable | sed -e 's/^torch==\(.*\)+cpu$$/torch==\1/' > constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache mlflow.db mlartifacts .ray_results data models generated metrics/*.json metrics/*.png
+	rm -rf $(VENV) .pytest_cache mlflow.db mlartifacts .ray_results data models figures generated reports dvc_plots metrics/*.json metrics/*.png
