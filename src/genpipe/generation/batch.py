@@ -173,11 +173,11 @@ def manifest_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def _run_local(kwargs: dict[str, Any], job: GenerationJob) -> list[dict[str, Any]]:
-    from tqdm.auto import tqdm
+    from genpipe.training.world import progress_bar
 
     gen = BatchGenerator(**kwargs)
     rows: list[dict[str, Any]] = []
-    with tqdm(total=job.n, desc=f"generate {job.family}", unit="img", dynamic_ncols=True) as bar:
+    with progress_bar(job.n, f"generate {job.family}", "image") as bar:
         for b in range(job.num_batches):
             rows += gen.generate(b)
             bar.update(min(job.batch_size, job.n - b * job.batch_size))

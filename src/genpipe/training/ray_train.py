@@ -24,13 +24,13 @@ import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig, UserCallback
+from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
 
 from genpipe.errors import InputError
 from genpipe.training.checkpoint import LAST, load_checkpoint, save_checkpoint
-from genpipe.training.world import configure_cpu
+from genpipe.training.world import MilestoneLog, configure_cpu, interactive
 
 CKPT_FILE = "checkpoint.pt"
 
@@ -62,11 +62,13 @@ class _NoBar:
 
 
 class RayWorld:
-    """One Ray Train worker's view: its rank, DDP wrapping, collectives."""
+    """One Ray Train worker's view: its rank, DDP wrapping, collectives; its progress shows on
+    the driver as a bar when the driver is :func:`interactive`, else as milestone lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, interactive: bool = False) -> None:
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.interactive = interactive
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         if self.world_size == 1:
@@ -92,7 +94,9 @@ class RayWorld:
         return (t / self.world_size).cpu()
 
     def progress(self, total: int, initial: int, desc: str) -> Any:
-        return _RayBar(total, initial, desc) if self.rank == 0 else _NoBar()
+        if self.rank != 0:
+            return _NoBar()
+        return _RayBar(total, initial, desc) if self.interactive else MilestoneLog(total, initial, desc)
 
 
 class RayCheckpointer:
@@ -134,7 +138,7 @@ def _worker(config: dict[str, Any]) -> None:
     if os.path.isdir(config["cwd"]):  # relative paths in params.yaml mean the driver's folder
         os.chdir(config["cwd"])
     cfg = Config.model_validate(config["config"])
-    world = RayWorld()
+    world = RayWorld(interactive=config.get("interactive", False))
     configure_cpu(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     resume = None
     if (ckpt := ray.train.get_checkpoint()) is not None:  # restarted after a failure
@@ -213,6 +217,7 @@ def train_with_ray(
             "tracking_uri": tracking_uri,
             "meta": meta,
             "resume_ref": ray.put(resume) if resume is not None else None,
+            "interactive": interactive(),  # the driver's terminal, not the worker's
         },
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu),
@@ -220,6 +225,7 @@ def train_with_ray(
             name=run_name,
             storage_path=storage,
             failure_config=FailureConfig(max_failures=tc.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),  # not a line per checkpoint and worker start
             callbacks=[CopyLatestCheckpoint(str(family_dir.resolve()))],
         ),
     )

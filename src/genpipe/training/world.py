@@ -1,10 +1,11 @@
-"""The in-process world: one rank, no wrapping, a tqdm progress bar; and the CPU set-up of a
-process that computes (allocator, threads)."""
+"""The in-process world: one rank, no wrapping, a progress bar (or milestone lines); and the CPU
+set-up of a process that computes (allocator, threads)."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 from typing import Any
 
@@ -27,7 +28,59 @@ class LocalWorld:
         return t
 
     def progress(self, total: int, initial: int, desc: str) -> Any:
-        return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True, mininterval=0.5)
+        return progress_bar(total, desc, "step", initial)
+
+
+def interactive() -> bool:
+    """Progress bars for a person at a terminal: stderr is a TTY and ``CI`` is not set; else
+    (a log file, CI) a line per milestone (:class:`MilestoneLog`)."""
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    return sys.stderr.isatty() and not ci
+
+
+def progress_bar(total: int, desc: str, unit: str, initial: int = 0, enabled: bool = True) -> Any:
+    """A tqdm bar at a terminal, :class:`MilestoneLog` lines elsewhere, nothing if not ``enabled``;
+    each with tqdm's ``update`` / ``set_postfix`` / ``close`` and usable as a context manager."""
+    if not enabled:
+        return tqdm(total=total, initial=initial, disable=True)
+    if not interactive():
+        return MilestoneLog(total, initial, desc, unit=unit + "s")
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5)
+
+
+class MilestoneLog:
+    """The progress bar's interface for logs: one line at every ``every``-th of the way
+    (10 % by default) and at the end, ``<desc>: <done>/<total> <unit> (<pct> %) <postfix>``."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = "", unit: str = "steps", every: float = 0.1):
+        self.total, self.n, self.desc, self.unit = total, initial, desc, unit
+        self.stride = max(1, round(total * every))
+        self.postfix = ""
+        self._printed = initial
+
+    def set_postfix(self, **kw: Any) -> None:
+        self.postfix = " ".join(f"{k}={v}" for k, v in kw.items())
+
+    def update(self, n: int = 1) -> None:
+        before, self.n = self.n, self.n + n
+        if self.n // self.stride > before // self.stride and self.n < self.total:
+            self._line()
+
+    def close(self) -> None:
+        if self.n != self._printed:
+            self._line()
+
+    def _line(self) -> None:
+        self._printed = self.n
+        pct = 100.0 * self.n / max(self.total, 1)
+        print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({pct:.0f} %) {self.postfix}".rstrip(),
+              file=sys.stderr, flush=True)
+
+    def __enter__(self) -> MilestoneLog:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def pick_device(requested: str) -> torch.device:
