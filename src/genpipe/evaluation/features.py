@@ -154,16 +154,19 @@ def _state_bytes(state: dict[str, torch.Tensor]) -> bytes:
 # ----------------------------------------------------------------------------- training
 
 
-def train_feature_net(cfg: Config, device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
+def train_feature_net(cfg: Config, device: torch.device | str = "cpu", progress: bool = True,
+                      parent_run_id: str | None = None) -> dict[str, Any]:
     """Train the domain classifier on ``cfg.paths.data`` and write ``<paths.models>/features``.
 
     AdamW with a short linear warm-up and cosine decay, random shifts of up to
     ``features.augment_shift`` pixels; the kept weights are those of the best validation
     accuracy (checked every 100 steps and at the end; the train split stands in when the val
     split is empty). Seeded by ``cfg.seed``: on the CPU two runs give the same bytes (the
-    same ``weights_sha256``) given the same thread count. Returns the card written.
+    same ``weights_sha256``) given the same thread count. Once the card is written, the
+    training is recorded as an MLflow run of its own (nested under ``parent_run_id`` if given):
+    :func:`track_feature_net`. Returns the card written.
     """
-    from tqdm.auto import tqdm
+    from genpipe.training.world import progress_bar
 
     fc = cfg.features
     device = torch.device(device)
@@ -184,8 +187,9 @@ def train_feature_net(cfg: Config, device: torch.device | str = "cpu", progress:
     images, labels = train.images.to(device), train.labels.to(device)
 
     best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+    history: list[tuple[int, float, float]] = []  # (step, train loss, val accuracy) at each validation
     net.train()
-    bar = tqdm(total=fc.steps, desc="features", unit="step", dynamic_ncols=True, mininterval=0.5, disable=not progress)
+    bar = progress_bar(fc.steps, "features", "step", enabled=progress)
     with bar:
         for step in range(fc.steps):
             idx = batch_indices(len(train), batch_size, cfg.seed, step, 0, 1).to(device)
@@ -198,6 +202,7 @@ def train_feature_net(cfg: Config, device: torch.device | str = "cpu", progress:
             bar.update(1)
             if (step + 1) % EVAL_EVERY == 0 or step + 1 == fc.steps:
                 acc = accuracy(net, val.images, val.labels)
+                history.append((step + 1, loss.item(), acc))
                 if best is None or acc >= best[0]:  # ties: the later (longer trained) weights
                     best = (acc, step + 1, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
                 bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{acc:.3f}", refresh=False)
@@ -234,7 +239,36 @@ def train_feature_net(cfg: Config, device: torch.device | str = "cpu", progress:
             "seconds": time.perf_counter() - t0,
         }
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
+    track_feature_net(cfg, card, data_card, history, out, parent_run_id)
     return card
+
+
+def track_feature_net(cfg: Config, card: dict[str, Any], data_card: dict[str, Any],
+                      history: list[tuple[int, float, float]], folder: Path, parent_run_id: str | None) -> str:
+    """The feature network's MLflow run ``features-<dataset>``: its settings, the loss and
+    validation accuracy per validation step, the accuracies, the dataset input, the card and
+    weights as artifacts; tagged with the extractor id every metric names. Returns its id."""
+    from genpipe import tracking
+
+    uri = tracking.tracking_uri()
+    tags = {"genpipe.role": "feature-extractor", "genpipe.extractor_id": card["id"],
+            "genpipe.dataset_sha256": data_card["sha256"], "genpipe.git_commit": tracking.git_commit()}
+    params = tracking.flatten_params({"seed": cfg.seed, "features": cfg.features.model_dump(mode="json")})
+    run_id = tracking.start_run(cfg.tracking.experiment, f"features-{data_card['source']}", params, tags, parent_run_id, uri)
+    ok = False
+    try:
+        tracking.log_dataset(run_id, data_card, cfg.paths.data, uri=uri)
+        for step, loss, acc in history:
+            tracking.log_metrics(run_id, {"loss": loss, "val_accuracy": acc}, step=step, uri=uri)
+        final = {"train_accuracy": card["train_accuracy"], "best_val_accuracy": card["val_accuracy"],
+                 "test_accuracy": card["test_accuracy"], "seconds": card["seconds"]}
+        tracking.log_metrics(run_id, final, step=card["steps"], uri=uri)
+        for name in (CARD, WEIGHTS):
+            tracking.log_artifact(run_id, folder / name, "features", uri=uri)
+        ok = True
+    finally:
+        tracking.end_run(run_id, ok=ok, uri=uri)
+    return run_id
 
 
 # ----------------------------------------------------------------------------- extraction

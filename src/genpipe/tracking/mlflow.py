@@ -8,6 +8,7 @@ elsewhere. Artifacts of a local store go to ``mlartifacts/`` beside it.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -15,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from genpipe.evaluation.grid import make_grid
 
 MAX_PARAM_LEN = 500  # MLflow's limit on a param value
+# the UI opens an experiment of this kind on its training runs (not the GenAI traces view)
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
 
 
@@ -49,11 +52,12 @@ def git_commit(cwd: Path | str = ".") -> str:
 
 
 def flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> ``{"train.steps": "2000", ...}``; anything that looks secret is dropped."""
+    """Nested config -> ``{"train.steps": "2000", ...}``; anything that looks secret is dropped,
+    and so are unset (None) values: a param says what ran, not what was left to a default."""
     out: dict[str, str] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if any(word in name.lower() for word in SECRET_WORDS):
+        if value is None or any(word in name.lower() for word in SECRET_WORDS):
             continue
         if isinstance(value, dict):
             out.update(flatten_params(value, f"{name}."))
@@ -65,12 +69,14 @@ def flatten_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def _experiment_id(c: MlflowClient, name: str, uri: str) -> str:
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND[0] not in exp.tags:  # made by an older genpipe: the UI would guess its kind
+            c.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return exp.experiment_id
     artifact_location = None
     if uri.startswith("sqlite:///"):  # local store: keep artifacts beside the db, absolute
         artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
     try:
-        return c.create_experiment(name, artifact_location=artifact_location)
+        return c.create_experiment(name, artifact_location=artifact_location, tags=dict([EXPERIMENT_KIND]))
     except Exception:  # created concurrently by another process
         return c.get_experiment_by_name(name).experiment_id
 
@@ -95,6 +101,27 @@ def start_run(
     for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
         c.log_batch(run_id, params=items[i : i + 100])
     return run_id
+
+
+def log_params(run_id: str, params: dict[str, str], uri: str | None = None) -> None:
+    """Add params to a run, leaving those it already has (a resumed run logs them again)."""
+    c = client(uri)
+    have = c.get_run(run_id).data.params
+    items = [Param(k, v) for k, v in params.items() if k not in have]
+    for i in range(0, len(items), 100):  # log_batch takes at most 100 params per call
+        c.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_dataset(run_id: str, card: dict[str, Any], path: Path | str, context: str = "train",
+                uri: str | None = None) -> None:
+    """The prepared dataset as the run's MLflow dataset input, named by its source and shape,
+    with its sha256 (digest: the first 16 hex digits; profile: all of it, counts, shape)."""
+    shape = "x".join(str(d) for d in card["shape"])
+    profile = {"sha256": card["sha256"], "shape": card["shape"], "counts": card["counts"],
+               "num_classes": card["num_classes"]}
+    dataset = Dataset(name=f"{card['source']}-{shape}", digest=card["sha256"][:16], source_type="local",
+                      source=Path(path).resolve().as_uri(), profile=json.dumps(profile))
+    client(uri).log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, uri: str | None = None) -> None:

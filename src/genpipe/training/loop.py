@@ -191,7 +191,7 @@ def train_loop(
     }
     ema = make_ema(model, cfg.ema_decay)
     precision = resolve_precision(cfg.precision, device)
-    meta = {**meta, "precision": precision}  # what the steps ran in, kept in every checkpoint
+    meta = {**meta, "precision": precision, "device": device.type}  # what the steps ran on, kept in every checkpoint
     step_module = world.wrap(_TrainingStep(model), device)
     torch.manual_seed(seed + world.rank)
     step = 0

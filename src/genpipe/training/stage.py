@@ -171,10 +171,10 @@ def train_family(
         run_id = resume_state["meta"]["mlflow_run_id"]
         tracking.client(uri).update_run(run_id, status="RUNNING")
     else:
-        params = tracking.flatten_params({k: cfg.to_dict()[k] for k in ("profile", "seed", "data", "train", family)})
         tags = {"genpipe.family": family, "genpipe.dataset_sha256": card["sha256"], "genpipe.git_commit": tracking.git_commit(),
                 "genpipe.role": "stability-replicate" if replicate else "model"}
-        run_id = tracking.start_run(cfg.tracking.experiment, run_name, params, tags, parent_run_id, uri)
+        run_id = tracking.start_run(cfg.tracking.experiment, run_name, run_params(cfg, family), tags, parent_run_id, uri)
+        tracking.log_dataset(run_id, card, cfg.paths.data, uri=uri)
     meta = {
         "family": family,
         "config": cfg.to_dict(),
@@ -204,8 +204,10 @@ def train_family(
             )
             step = int(ray_result.metrics["step"])
             losses = {k: v for k, v in ray_result.metrics.items() if k != "step"}
-        final = _promote(out_dir, cfg, step)
+        final, state = _promote(out_dir, cfg, step)
         seconds = time.perf_counter() - t0
+        steps_batch = cfg.train_for(family).batch_size if get_family(family).trainer != "fit" else None
+        tracking.log_params(run_id, ran_params(state, steps_batch), uri=uri)
         tracking.log_metrics(run_id, {"train_seconds": seconds}, step=step, uri=uri)
         tracking.log_artifact(run_id, final, "checkpoint", uri=uri)
         tracking.log_artifact(run_id, out_dir / CONFIG, "checkpoint", uri=uri)
@@ -215,12 +217,42 @@ def train_family(
     return TrainOutcome(family, run_id, final, step, losses, seconds)
 
 
-def _promote(out_dir: Path, cfg: Config, step: int) -> Path:
-    """``last.pt`` of a finished run becomes ``checkpoint.pt``, with ``config.json`` beside it."""
+def run_params(cfg: Config, family: str) -> dict[str, str]:
+    """The MLflow params of a training run: the settings in effect, once each — ``train.*`` with
+    the family's own steps / batch size / precision folded in (a fitted family has no steps),
+    the family's other settings, the data and the seed; unset values left out."""
+    from genpipe import tracking
+
+    tree = cfg.to_dict()
+    spec = get_family(family)
+    own = {k: v for k, v in tree[family].items() if k not in ("steps", "batch_size", "precision")}
+    chosen = {"profile": cfg.profile, "seed": cfg.seed, "data": tree["data"], family: own}
+    if spec.trainer != "fit":
+        chosen["train"] = cfg.train_for(family).model_dump(mode="json")
+    return tracking.flatten_params(chosen)
+
+
+def ran_params(state: dict[str, Any], batch_size: int | None) -> dict[str, str]:
+    """What the finished run ran on, from its checkpoint: ``ran.device``, ``ran.precision``,
+    ``ran.world_size`` (workers) and, for a family trained by steps of ``batch_size`` per worker,
+    ``ran.global_batch_size``."""
+    meta = state.get("meta", {})
+    world = int(meta.get("world_size", 1))
+    out = {"ran.device": meta.get("device", "cpu"), "ran.world_size": str(world)}
+    if meta.get("precision"):
+        out["ran.precision"] = meta["precision"]
+    if batch_size is not None:
+        out["ran.global_batch_size"] = str(batch_size * world)
+    return out
+
+
+def _promote(out_dir: Path, cfg: Config, step: int) -> tuple[Path, dict[str, Any]]:
+    """``last.pt`` of a finished run becomes ``checkpoint.pt``, with ``config.json`` beside it;
+    the path and the state it holds."""
     last, final = out_dir / LAST, out_dir / FINAL
     state = load_checkpoint(last)
     if state["step"] != state["total_steps"] or step != state["total_steps"]:
         raise RuntimeError(f"{last}: holds step {state['step']} of {state['total_steps']}, the run reported {step}")
     write_config_json(out_dir, cfg.to_dict())
     os.replace(last, final)
-    return final
+    return final, state

@@ -1,0 +1,71 @@
+"""What a user finds in MLflow, read back with the `mlflow` command line on the temp sqlite store:
+the experiment opens as model development; a training run's params say what ran, its dataset input
+names the data by sha256; the feature network has a run of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from genpipe.config import resolve
+from genpipe.training.checkpoint import load_checkpoint
+from genpipe.training.stage import ran_params, run_params
+from tests.conftest import TINY
+
+
+def mlflow_cli(*args: str) -> str:
+    proc = subprocess.run([Path(sys.executable).with_name("mlflow"), *args], env=os.environ,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_the_experiment_opens_as_model_development(trained_project, mlflow_uri):
+    shown = mlflow_cli("experiments", "get", "--experiment-name", "genpipe")  # tracking.experiment's default
+    assert "mlflow.experimentKind" in shown and "custom_model_development" in shown
+
+
+def test_a_training_run_logs_what_ran_and_its_dataset(trained_project):
+    state = load_checkpoint(trained_project / "models/vae/checkpoint.pt")
+    run = json.loads(mlflow_cli("runs", "describe", "--run-id", state["meta"]["mlflow_run_id"]))
+    params = run["data"]["params"]
+    assert params["train.steps"] == "40" and params["train.batch_size"] == "16" and params["train.precision"] == "fp32"
+    assert not {"vae.steps", "vae.batch_size", "vae.precision"} & set(params)  # folded into train.*, once
+    assert "None" not in params.values()
+    assert params["ran.device"] == "cpu" and params["ran.precision"] == "fp32"
+    assert params["ran.world_size"] == "1" and params["ran.global_batch_size"] == "16"
+    (dataset,) = run["inputs"]["dataset_inputs"]
+    card = json.loads((trained_project / "data/prepared/card.json").read_text())
+    assert dataset["dataset"]["name"] == "digits-1x8x8" and dataset["dataset"]["digest"] == card["sha256"][:16]
+    assert json.loads(dataset["dataset"]["profile"])["sha256"] == card["sha256"]
+    assert dataset["tags"]["mlflow.data.context"] == "train"
+
+
+def test_the_params_fold_a_familys_own_settings_into_train():
+    cfg = resolve({**TINY, "vae": {**TINY["vae"], "steps": 7, "batch_size": 4}})
+    params = run_params(cfg, "vae")
+    assert params["train.steps"] == "7" and params["train.batch_size"] == "4" and "vae.steps" not in params
+    assert params["vae.latent_dim"] == "4" and not [k for k in params if k.startswith("gan.")]
+    gmm = run_params(cfg, "gmm")  # fitted by EM: no optimizer steps to speak of
+    assert not [k for k in gmm if k.startswith("train.")] and "gmm.components" in gmm
+    assert ran_params({"meta": {"world_size": 2, "device": "cuda", "precision": "bf16"}}, 32) == {
+        "ran.device": "cuda", "ran.world_size": "2", "ran.precision": "bf16", "ran.global_batch_size": "64"}
+
+
+def test_the_feature_network_has_a_run_of_its_own(trained_project, mlflow_uri):
+    card = json.loads((trained_project / "models/features/card.json").read_text())
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("genpipe").experiment_id],
+                              f"tags.`genpipe.extractor_id` = '{card['id']}'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_name == "features-digits" and run.info.status == "FINISHED"
+    assert run.data.metrics["test_accuracy"] == card["test_accuracy"]
+    assert run.data.params["features.steps"] == str(card["steps"])
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2  # 150 steps: at 100 and 150
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "features")} == {"features/card.json", "features/classifier.pt"}
