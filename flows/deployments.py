@@ -7,29 +7,46 @@
 (``PREFECT_API_URL``) and runs their flow runs in this process until stopped;
 ``python -m flows.deployments register`` only registers them (for a look in the UI, or
 for tests).
+
+``--interval SECONDS`` replaces the cron with a run every SECONDS seconds, the first one
+SECONDS after registering: a quick check that a server's scheduler fires and that this
+process picks the runs up (``serve --interval 600``). Keep it longer than a pipeline run:
+two runs at once would write the same outputs. Serving (or registering) again without it
+puts the cron back; stopping ``serve`` pauses the deployments until it serves them again.
 """
 
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
 
 from prefect import serve
-from prefect.client.schemas.schedules import CronSchedule
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.deployments.runner import RunnerDeployment
 
 from flows.generate import batch_generation
 from flows.pipeline import pipeline
-from genpipe.config import load_config
+from genpipe.config import Config, load_config
 
 PIPELINE = "scheduled"
 GENERATION = "on-demand"
 
 
-def build_deployments(params: str = "params.yaml") -> list[RunnerDeployment]:
+def pipeline_schedule(cfg: Config, interval: float | None = None) -> CronSchedule | IntervalSchedule:
+    """The cron of ``pipeline.schedule``, or every ``interval`` seconds when one is given."""
+    if interval is None:
+        return CronSchedule(cron=cfg.pipeline.schedule, timezone=cfg.pipeline.timezone)
+    if interval <= 0:
+        raise ValueError(f"interval: must be a positive number of seconds (got {interval})")
+    return IntervalSchedule(interval=timedelta(seconds=interval), timezone=cfg.pipeline.timezone)
+
+
+def build_deployments(params: str = "params.yaml", interval: float | None = None) -> list[RunnerDeployment]:
+    """Both deployments; ``interval`` (seconds) replaces the pipeline's cron (see the module docstring)."""
     cfg = load_config(params)
     scheduled = pipeline.to_deployment(
         name=PIPELINE,
-        schedules=[CronSchedule(cron=cfg.pipeline.schedule, timezone=cfg.pipeline.timezone)],
+        schedules=[pipeline_schedule(cfg, interval)],
         parameters={"params": params},
         tags=["genpipe", "training"],
         description="prepare -> train every family -> evaluate -> generate, on a schedule",
@@ -43,12 +60,21 @@ def build_deployments(params: str = "params.yaml") -> list[RunnerDeployment]:
     return [scheduled, on_demand]
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (got {text})")
+    return value
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("action", choices=["serve", "register"])
     p.add_argument("--params", default="params.yaml")
+    p.add_argument("--interval", type=_seconds, default=None, metavar="SECONDS",
+                   help="run the pipeline every SECONDS seconds instead of on pipeline.schedule")
     args = p.parse_args()
-    deployments = build_deployments(args.params)
+    deployments = build_deployments(args.params, args.interval)
     if args.action == "serve":
         serve(*deployments)
     else:
