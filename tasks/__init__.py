@@ -2,7 +2,8 @@
 
 Tasks take the params file and overrides (plain strings) rather than a config object, so
 their inputs are small, serialisable and shown as-is in the Prefect UI. Retries are set
-only where a retry can help: training (a Ray worker lost) and generation (an S3 hiccup).
+only where a retry can help: training (a Ray worker lost), the feature network and generation
+(an S3 hiccup); bad user input (``InputError``) is never retried.
 """
 
 from tasks.stages import (

@@ -6,12 +6,25 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import Task, task
+from prefect.client.schemas.objects import State, TaskRun
 
 from genpipe.config import Config, load_config
+from genpipe.errors import InputError
 
 RETRIES = 1  # default; the pipeline flow sets pipeline.task_retries from params.yaml
 RETRY_DELAY = 10  # seconds
+
+
+def retry_unless_input_error(task: Task, task_run: TaskRun, state: State) -> bool:
+    """Prefect's ``retry_condition_fn``: retry what can recover (a lost Ray worker, an S3 hiccup),
+    never bad user input (:class:`InputError`), which fails the same way every time."""
+    return not isinstance(state.result(raise_on_failure=False), InputError)
+
+
+# the options of the tasks a retry can help; `with_options(retries=...)` keeps the condition
+RETRYING: dict[str, Any] = {"retries": RETRIES, "retry_delay_seconds": RETRY_DELAY,
+                            "retry_condition_fn": retry_unless_input_error}
 
 
 def _cfg(params: str, overrides: list[str] | None) -> Config:
@@ -35,7 +48,7 @@ def prepare(params: str, overrides: list[str] | None) -> dict[str, Any]:
     return {k: card[k] for k in ("source", "shape", "counts", "sha256")}
 
 
-@task(name="train", task_run_name="train-{family}-seed{seed}", retries=RETRIES, retry_delay_seconds=RETRY_DELAY)
+@task(name="train", task_run_name="train-{family}-seed{seed}", **RETRYING)
 def train(params: str, overrides: list[str] | None, family: str, parent_run_id: str | None,
           seed: int | None = None) -> dict[str, Any]:
     from genpipe.training import train_family
@@ -44,7 +57,7 @@ def train(params: str, overrides: list[str] | None, family: str, parent_run_id: 
     return {**asdict(out), "checkpoint": str(out.checkpoint)}
 
 
-@task(name="features", task_run_name="features", retries=RETRIES, retry_delay_seconds=RETRY_DELAY)
+@task(name="features", task_run_name="features", **RETRYING)
 def features(params: str, overrides: list[str] | None) -> dict[str, Any]:
     from genpipe.evaluation.features import train_feature_net
 
@@ -66,7 +79,7 @@ def evaluate(params: str, overrides: list[str] | None, family: str) -> dict[str,
     return evaluate_family(_cfg(params, overrides), family)
 
 
-@task(name="generate", task_run_name="generate-{family}", retries=RETRIES, retry_delay_seconds=RETRY_DELAY)
+@task(name="generate", task_run_name="generate-{family}", **RETRYING)
 def generate(
     params: str, overrides: list[str] | None, family: str | None, run_id: str | None = None, n: int | None = None,
     out: str | None = None, seed: int | None = None, labels: str | None = None,
