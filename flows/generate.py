@@ -3,6 +3,8 @@
 Trigger it through its deployment (``prefect deployment run
 'genpipe-batch-generation/on-demand' -p family=vae -p n=10000 -p out=s3://bucket/prefix``)
 or run it here: ``python -m flows.generate --family vae --n 1000 --out s3://bucket/prefix``.
+Each run logs where the images and the manifest went and leaves the same as a markdown
+artifact (key ``genpipe-batch-generation``) on the flow run's page in the Prefect UI.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 
 import tasks
+
+ARTIFACT_KEY = "genpipe-batch-generation"  # one key: the UI keeps every job's table under it
 
 
 @flow(name="genpipe-batch-generation", log_prints=True)
@@ -27,7 +32,26 @@ def batch_generation(
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Generate ``n`` images from a family's checkpoint (or an MLflow run's) into ``out``."""
-    return tasks.generate(params, overrides, family, run_id=run_id, n=n, out=out, seed=seed, labels=labels)
+    res = tasks.generate(params, overrides, family, run_id=run_id, n=n, out=out, seed=seed, labels=labels)
+    get_run_logger().info("job %s: %d images under %s, manifest %s", res["job_id"], res["num_images"], res["out"],
+                          res["manifest_uri"])
+    create_markdown_artifact(summary_markdown(res, family, run_id), key=ARTIFACT_KEY,
+                             description=f"generation job {res['job_id']}: where its images and manifest went")
+    return res
+
+
+def summary_markdown(res: dict[str, Any], family: str | None, run_id: str | None) -> str:
+    """A two-column markdown table of one generation job (``res`` as the generate task returns it)."""
+    rows = [
+        ("images", res["num_images"]),
+        ("out", f"`{res['out']}`"),
+        ("manifest", f"`{res['manifest_uri']}`"),
+        ("family", family or "from the MLflow run"),
+        ("MLflow run", f"`{run_id}`" if run_id else "none (the family's checkpoint)"),
+        ("job id", f"`{res['job_id']}`"),
+        ("seconds", f"{res['seconds']:.1f}"),
+    ]
+    return "\n".join(["### Batch generation", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
 
 
 def main() -> None:

@@ -1,0 +1,26 @@
+"""The on-demand generation flow on Prefect's local API: what it leaves for the user in Prefect."""
+
+from __future__ import annotations
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+from flows.generate import ARTIFACT_KEY, batch_generation
+
+
+def test_batch_generation_leaves_an_artifact_naming_its_outputs(in_trained, prefect_api, tmp_path):
+    out = tmp_path / "on-demand"
+    state = batch_generation(family="vae", n=4, seed=1, out=str(out), return_state=True)
+    assert state.is_completed(), state
+    res = state.result()
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
+        )
+    assert len(artifacts) == 1 and artifacts[0].type == "markdown"
+    text = artifacts[0].data
+    assert "| images | 4 |" in text and "| family | vae |" in text
+    for value in (res["out"], res["manifest_uri"], res["job_id"]):
+        assert f"`{value}`" in text
+    assert res["out"] == str(out) and res["num_images"] == 4
