@@ -13,7 +13,7 @@ import torch
 from genpipe.config import Config, resolve
 from genpipe.errors import InputError
 from genpipe.models import FAMILIES, GenerativeModel, ImageSpec
-from genpipe.models.base import FittedModel, LatentModel, LogLikelihood
+from genpipe.models.base import FittedModel, LatentModel, LogLikelihood, MomentModel
 
 SPEC = ImageSpec(shape=(1, 8, 8), num_classes=10)
 # tiny settings per family, on top of that family's defaults
@@ -29,13 +29,14 @@ def tiny_config(name: str, **extra) -> Config:
     return resolve({name: {**TINY.get(name, {}), **extra}, "profiles": {"quick": {}}})
 
 
-def build(name: str, **extra) -> torch.nn.Module:
-    """A tiny model of the family, ready to sample (a fitted family is fitted on random images)."""
+def build(name: str, levels: tuple[int, int] = (0, 256), **extra) -> torch.nn.Module:
+    """A tiny model of the family, ready to sample (a fitted family is fitted on random images
+    of pixel levels in [levels[0], levels[1]))."""
     torch.manual_seed(0)
     model = FAMILIES[name].build(tiny_config(name, **extra).family(name), SPEC)
     if FAMILIES[name].trainer == "fit":
         g = torch.Generator().manual_seed(2)
-        images = torch.randint(0, 256, (40, *SPEC.shape), generator=g, dtype=torch.uint8)
+        images = torch.randint(*levels, (40, *SPEC.shape), generator=g, dtype=torch.uint8)
         model.fit(images, torch.arange(40) % SPEC.num_classes, 0)
     return model
 
@@ -44,6 +45,29 @@ def batch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (n, *SPEC.shape), generator=g).float() / 127.5 - 1.0  # 8-bit grid
     return x, torch.randint(0, SPEC.num_classes, (n,), generator=g)
+
+
+def assert_draws_match_moments(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, z: float = 5.0) -> None:
+    """The empirical mean and covariance of n draws ``x`` (n, ...) agree with ``mean`` (D,) and
+    ``cov`` (D, D) within ``z`` standard errors in every entry.
+
+    Centred at the model's mean c = x - mean, S = c^T c / n is unbiased for cov. The standard
+    error of mean_d is sqrt(cov_dd / n); that of S_ij is the standard deviation of c_i c_j over
+    the draws (their fourth moments, so it holds for mixtures as for Gaussians) over sqrt(n).
+    z = 5 over the D + D (D + 1) / 2 entries is a false alarm well under 1 % for n in the thousands.
+    """
+    c = x.double().flatten(1) - mean  # (n, D)
+    n = c.shape[0]
+    z_mean = (c.mean(0) / (cov.diagonal() / n).sqrt()).abs()  # (D,)
+    s = c.T @ c / n  # (D, D)
+    q = c * c
+    se = ((q.T @ q / n - s * s).clamp(min=0.0) / n).sqrt()  # (D, D)
+    z_cov = (s - cov).abs() / se.clamp(min=1e-300)
+    assert float(z_mean.max()) <= z, f"mean off by {float(z_mean.max()):.1f} standard errors"
+    assert float(z_cov.max()) <= z, (
+        f"covariance off by {float(z_cov.max()):.1f} standard errors "
+        f"(trace {float(s.trace()):.4g} drawn, {float(cov.trace()):.4g} the model's)"
+    )
 
 
 @pytest.fixture(params=sorted(FAMILIES))
@@ -159,3 +183,20 @@ def test_state_dict_round_trip_gives_the_same_samples(family):
     clone.load_state_dict(model.state_dict())  # buffers too: a fitted family is all buffers
     g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
     assert torch.equal(model.sample(4, generator=g()), clone.sample(4, generator=g()))
+
+
+def test_samples_have_the_models_own_mean_and_covariance(family):
+    # sample() clamps to [-1, 1], moments() describe the draw before it: a fitted family is fitted
+    # on mid-grey images (levels 96..159, i.e. [-0.25, 0.25]) so that no draw reaches the clamp
+    # (checked below), and the comparison is with the model's full distribution
+    model = build(family, levels=(96, 160)).eval()
+    if not isinstance(model, MomentModel):
+        pytest.skip(f"{family} has no closed-form moments (no moments()) and no test trains it to a "
+                    "known distribution cheaply: its sample moments are not checked")
+    cond = build(family, levels=(96, 160), conditional=True).eval()
+    n = 20_000
+    cases = [(model, None), (cond, None), (cond, torch.full((n,), 3)), (cond, torch.tensor([2, 7, 7, 7]).repeat(n // 4))]
+    for i, (m, labels) in enumerate(cases):
+        x = m.sample(n, labels=labels, generator=torch.Generator().manual_seed(10 + i))
+        assert x.abs().max() < 1.0  # the clamp changed nothing
+        assert_draws_match_moments(x, *m.moments(labels))

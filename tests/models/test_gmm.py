@@ -1,4 +1,5 @@
-"""The Gaussian-mixture baseline: its density is scikit-learn's, its bits/dim are right."""
+"""The Gaussian-mixture baseline: its density is scikit-learn's, its bits/dim are right, its draws
+have the fitted means and covariances."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from genpipe.config import GMMConfig
 from genpipe.errors import InputError
 from genpipe.models import ImageSpec
 from genpipe.models.gmm import BIN, build_gmm
+from tests.models.test_contract import assert_draws_match_moments
 
 SPEC = ImageSpec((1, 2, 3), num_classes=2)  # D = 6
 
@@ -90,3 +92,65 @@ def test_fit_depends_on_its_seed_not_on_the_global_rng():
         fitted.append(model.state_dict())
     assert all(torch.equal(fitted[0][k], fitted[1][k]) for k in fitted[0])
     assert not all(torch.equal(fitted[0][k], fitted[2][k]) for k in fitted[0])  # the seed matters
+
+
+def correlated_clusters(n: int, seed: int = 0) -> np.ndarray:
+    """(n, 6) points of two correlated Gaussian clusters around -0.15 and +0.15, 8+ standard
+    deviations inside [-1, 1] (so the sampler's clamp never bites)."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(0, 0.04, (6, 6)), rng.normal(0, 0.03, (6, 6))
+    return np.concatenate([rng.normal(size=(n // 2, 6)) @ a - 0.15, rng.normal(size=(n - n // 2, 6)) @ b + 0.15])
+
+
+def images_of(points: np.ndarray) -> torch.Tensor:
+    """Points in [-1, 1] as uint8 images (N, 1, 2, 3)."""
+    return torch.from_numpy(np.round((points + 1) * 127.5)).to(torch.uint8).view(-1, *SPEC.shape)
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_each_components_draws_have_sklearns_mean_and_covariance(covariance):
+    # the draws of component m must be N(mu_m, Sigma_m) with sklearn's own means_ and covariances_
+    # (the old sampler read only the diagonal of the precision factor: trace 1-2 % of the fitted one)
+    gm = GaussianMixture(3, covariance_type=covariance, random_state=0).fit(correlated_clusters(600))
+    model = build_gmm(GMMConfig(components=3, covariance=covariance), SPEC)
+    model.set_mixture(0, gm)  # pca_mean 0, basis I: the draws are z itself
+    sigmas = gm.covariances_ if covariance == "full" else np.stack([np.diag(c) for c in gm.covariances_])
+    torch.testing.assert_close(model.component_covariances()[0], torch.from_numpy(sigmas), rtol=1e-9, atol=1e-12)
+    for m in range(3):
+        model.log_weights[0] = torch.where(torch.arange(3) == m, 0.0, -math.inf)  # component m only
+        x = model.sample(10_000, generator=torch.Generator().manual_seed(m))
+        assert x.abs().max() < 1.0  # nothing clamped
+        assert_draws_match_moments(x, torch.from_numpy(gm.means_[m]), torch.from_numpy(sigmas[m]))
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_the_mixtures_draws_and_sklearns_have_its_closed_form_moments(covariance):
+    gm = GaussianMixture(3, covariance_type=covariance, random_state=0).fit(correlated_clusters(600))
+    model = build_gmm(GMMConfig(components=3, covariance=covariance), SPEC)
+    model.set_mixture(0, gm)
+    mean, cov = model.moments()
+    x = model.sample(20_000, generator=torch.Generator().manual_seed(0))
+    assert_draws_match_moments(x, mean, cov)
+    # scikit-learn's own sampler of the same mixture agrees with the same closed form
+    assert_draws_match_moments(torch.from_numpy(gm.sample(20_000)[0]), mean, cov)
+    assert float(torch.trace(cov)) > 0.1  # the clusters' spread, not the components' diagonals alone
+
+
+@pytest.mark.parametrize("covariance", ["full", "diag"])
+def test_pca_and_conditional_draws_have_the_closed_form_moments(covariance):
+    # with PCA to K = 3 of the D = 6 pixels the draws add the isotropic residual (sigma^2 on the
+    # orthogonal complement); conditional mixtures mix over the requested labels
+    points = correlated_clusters(400, seed=1)
+    labels = torch.arange(400) // 200  # class 0 is the cluster at -0.15, class 1 the one at +0.15
+    model = build_gmm(GMMConfig(components=2, covariance=covariance, pca_components=3, conditional=True), SPEC)
+    model.fit(images_of(points), labels, 0)
+    assert 0.0 < float(model.residual_var) < 1e-2
+    n = 20_000
+    cases = {"none (classes in turn)": None, "all class 1": torch.ones(n, dtype=torch.long),
+             "one 0 in four": (torch.arange(n) % 4 != 0).long()}
+    for i, (what, y) in enumerate(cases.items()):
+        x = model.sample(n, labels=y, generator=torch.Generator().manual_seed(i))
+        assert x.abs().max() < 1.0, what
+        mean, cov = model.moments(y)
+        assert torch.linalg.matrix_rank(cov) == 6, what  # the residual fills the complement
+        assert_draws_match_moments(x, mean, cov)

@@ -111,6 +111,18 @@ class FittedModel(Protocol):
         ...
 
 
+@runtime_checkable
+class MomentModel(Protocol):
+    """Optional: families whose sampling distribution has a closed-form mean and covariance
+    (the Gaussian mixture); the contract tests check ``sample`` against them."""
+
+    def moments(self, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (D,) and covariance (D, D), float64, of one flattened image of ``sample(n, labels)``
+        drawn at random among the n (the mixture over the rows of ``labels``), before the clamp
+        to [-1, 1]."""
+        ...
+
+
 def network_evaluations(model: nn.Module, options: Any = None) -> int:
     """Network evaluations per generated image (NFE): the model's ``nfe(options)`` where the
     family defines one (diffusion: sampler steps; PixelCNN: sequential passes; Gaussian

@@ -14,6 +14,10 @@ Pixels are discrete (256 levels, bin width Delta = 2/255 in [-1, 1]), so the mod
 to uniformly dequantised data and the code length uses E_u[log p(x + u)] + D log Delta,
 a lower bound on log P(x) (Theis et al. 2016, https://arxiv.org/abs/1511.01844).
 With ``conditional``, one mixture per class shares the PCA: p(x | y).
+
+scikit-learn keeps each component's precision factor P = L^-T (``precisions_cholesky_``; upper
+triangular for ``full``, with Sigma = L L^T and Sigma^-1 = P P^T; 1 / sqrt(diag Sigma) for
+``diag``): the density uses ||P^T (z - mu)||^2 and log det P, a draw is z = mu + P^-T eps.
 """
 
 from __future__ import annotations
@@ -150,24 +154,70 @@ class GaussianMixtureModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None, options=None) -> torch.Tensor:
-        if labels is not None and not self.cfg.conditional:
-            raise InputError("labels: this gmm is unconditional; sample without labels")
-        if self.cfg.conditional and labels is None:
-            labels = torch.arange(n) % self.means.shape[0]
-        ys = labels.cpu().long() if labels is not None else torch.zeros(n, dtype=torch.long)
+        ys = self._sample_labels(n, labels)  # (n,)
         k = self.means.shape[-1]
-        comp = torch.stack([torch.multinomial(self.log_weights[y].exp(), 1, generator=generator)[0] for y in ys])
-        eps = cpu_randn((n, k), generator, torch.device("cpu")).double()
-        if self.cfg.covariance == "full":  # Sigma = (L L^T)^-1 with L = prec_chol: z = mu + L^-T eps
-            lt = self.prec_chol[ys, comp].transpose(-1, -2)  # (n, K, K)
-            z = self.means[ys, comp] + torch.linalg.solve_triangular(lt, eps[..., None], upper=True)[..., 0]
-        else:
-            z = self.means[ys, comp] + eps / self.prec_chol[ys, comp]
-        v = self.pca_mean + z @ self.pca_basis
+        comp = torch.multinomial(self.log_weights[ys].exp(), 1, generator=generator)[:, 0]  # (n,)
+        eps = cpu_randn((n, k), generator, torch.device("cpu")).double()  # (n, K)
+        z = self.means[ys, comp].clone()  # (n, K)
+        if self.cfg.covariance == "full":
+            # sklearn's factor P is upper triangular with Sigma^-1 = P P^T, so Sigma = P^-T P^-1 and
+            # z = mu + P^-T eps has covariance Sigma; as rows (n, K): eps P^-1, the X of X P = eps
+            key = ys * self.means.shape[1] + comp  # (n,) index of (class, component)
+            for i in torch.unique(key).tolist():
+                rows = key == i
+                p = self.prec_chol.flatten(0, 1)[i]  # (K, K)
+                z[rows] += torch.linalg.solve_triangular(p, eps[rows], upper=True, left=False)
+        else:  # P = 1 / sqrt(diag Sigma)
+            z += eps / self.prec_chol[ys, comp]
+        v = self.pca_mean + z @ self.pca_basis  # (n, D)
         if k < v.shape[1]:  # the isotropic residual, in the orthogonal complement of the PCA basis
             e = cpu_randn(v.shape, generator, torch.device("cpu")).double()
             v = v + self.residual_var.sqrt() * (e - (e @ self.pca_basis.T) @ self.pca_basis)
         return v.float().view(n, *self.spec.shape).clamp(-1.0, 1.0).to(self.means.device)
+
+    def _sample_labels(self, n: int, labels: torch.Tensor | None) -> torch.Tensor:
+        """The class of each draw (n,) on the CPU: ``labels``, or the classes in turn (conditional), or 0."""
+        if labels is not None and not self.cfg.conditional:
+            raise InputError("labels: this gmm is unconditional; sample without labels")
+        if self.cfg.conditional and labels is None:
+            labels = torch.arange(n) % self.means.shape[0]
+        return labels.cpu().long() if labels is not None else torch.zeros(n, dtype=torch.long)
+
+    # -- moments ------------------------------------------------------------------------
+    def component_covariances(self) -> torch.Tensor:
+        """Sigma of every class and component (Y, M, K, K), float64: (P P^T)^-1 of sklearn's upper
+        triangular precision factor P (full), diag(1 / P^2) (diag)."""
+        p = self.prec_chol
+        if self.cfg.covariance == "diag":
+            return torch.diag_embed(p.pow(-2))
+        eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device).expand_as(p)
+        p_inv = torch.linalg.solve_triangular(p, eye, upper=True)  # P^-1, (Y, M, K, K)
+        return p_inv.transpose(-1, -2) @ p_inv
+
+    @torch.no_grad()
+    def moments(self, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (D,) and covariance (D, D), float64, of one flattened draw of ``sample(n, labels)``
+        before its clamp to [-1, 1]: the mixture over the classes of ``labels`` (n,) in their
+        proportions (None: the classes ``sample`` cycles through, uniformly; class 0 if unconditional)
+        and over their components w with weights pi_w, mapped through the PCA basis W (K, D):
+
+            E[z] = sum_w pi_w mu_w,       Cov[z] = sum_w pi_w (Sigma_w + mu_w mu_w^T) - E[z] E[z]^T
+            E[v] = mu + W^T E[z],         Cov[v] = W^T Cov[z] W + sigma^2 (I_D - W^T W)  (K < D)
+        """
+        y = self.means.shape[0]
+        ys = self._sample_labels(y, labels)  # without labels: each class once
+        class_w = (torch.bincount(ys, minlength=y).double() / len(ys)).to(self.means.device)  # (Y,)
+        w = (class_w[:, None] * self.log_weights.exp()).flatten()  # (Y * M,)
+        mu = self.means.flatten(0, 1)  # (Y * M, K)
+        sigma = self.component_covariances().flatten(0, 1)  # (Y * M, K, K)
+        mean_z = w @ mu  # (K,)
+        cov_z = torch.einsum("w,wij->ij", w, sigma + mu[:, :, None] * mu[:, None, :]) - torch.outer(mean_z, mean_z)
+        basis = self.pca_basis  # (K, D)
+        mean, cov = self.pca_mean + mean_z @ basis, basis.T @ cov_z @ basis  # (D,), (D, D)
+        k, d = basis.shape
+        if k < d:
+            cov = cov + self.residual_var * (torch.eye(d, dtype=cov.dtype, device=cov.device) - basis.T @ basis)
+        return mean, cov
 
 
 def build_gmm(cfg: GMMConfig, spec: ImageSpec) -> GaussianMixtureModel:
