@@ -17,13 +17,15 @@ from genpipe.models.diffusion import (
     build_diffusion,
     cosine_alphas_cumprod,
     eps_from_v,
-    guided_epsilon,
+    guided_prediction,
     linear_alphas_cumprod,
     min_snr_weight,
-    static_clip_epsilon,
+    static_clip,
     v_from_eps,
     x0_from_eps,
+    x0_from_v,
 )
+from genpipe.samplers import SAMPLERS, Denoised
 
 SPEC = ImageSpec((1, 8, 8), 10)
 TINY = dict(channels=8, channel_mults=(1, 2), attention_levels=(1,), timesteps=20,
@@ -81,7 +83,7 @@ def test_v_and_epsilon_parameterisations_agree():
     v = v_from_eps(x0, eps, abar)
     torch.testing.assert_close(eps_from_v(x_t, v, abar), eps)
     torch.testing.assert_close(x0_from_eps(x_t, eps, abar), x0, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(abar.sqrt() * x_t - (1 - abar).sqrt() * v, x0)  # x0 = alpha x_t - sigma v
+    torch.testing.assert_close(x0_from_v(x_t, v, abar), x0)  # x0 = alpha x_t - sigma v
     # golden: at abar = 1/2, v = (eps - x0) / sqrt(2)
     half = torch.tensor(0.5)
     assert float(v_from_eps(torch.tensor(0.2), torch.tensor(1.0), half)) == pytest.approx(0.8 / math.sqrt(2))
@@ -98,7 +100,10 @@ def test_the_perfect_network_has_zero_loss_and_its_output_is_the_noise(predictio
     oracle = lambda x_t, tt, y: target  # noqa: E731
     assert float(process.training_losses(oracle, x0, t, None, noise)["mse"].abs().max()) < 1e-10
     x_t = process.q_sample(x0, t, noise)
-    torch.testing.assert_close(process.eps_from_output(target, x_t, t), noise, atol=1e-5, rtol=1e-5)
+    pred = process.denoise(target, x_t, t)
+    torch.testing.assert_close(pred.eps, noise, atol=1e-5, rtol=1e-5)
+    if prediction == "v":  # eps gives x0 only through x_t's float32 rounding times 1 / sqrt(abar)
+        torch.testing.assert_close(pred.x0, x0, atol=1e-5, rtol=1e-5)
     wrong = lambda x_t, tt, y: target + 0.1  # noqa: E731
     torch.testing.assert_close(process.training_losses(wrong, x0, t, None, noise)["mse"], torch.full((5,), 0.01))
 
@@ -111,8 +116,7 @@ def test_min_snr_weighting_is_min_snr_times_the_x0_error(prediction):
     t = torch.tensor([5, 150, 400, 900])  # SNR from ~2000 (clipped at 5) to ~1e-4
     out = torch.randn(4, 1, 4, 4, generator=g)  # any prediction
     x_t, ab = process.q_sample(x0, t, noise), process.abar(t, x0)
-    eps_hat = process.eps_from_output(out, x_t, t)
-    x0_err = (x0_from_eps(x_t, eps_hat, ab) - x0).pow(2).flatten(1).mean(1)
+    x0_err = (process.denoise(out, x_t, t).x0 - x0).pow(2).flatten(1).mean(1)
     snr = (ab / (1 - ab)).flatten()
     loss = process.training_losses(lambda *_: out, x0, t, None, noise)["loss"]
     torch.testing.assert_close(loss, snr.clamp(max=5.0) * x0_err, rtol=1e-4, atol=1e-6)
@@ -121,18 +125,21 @@ def test_min_snr_weighting_is_min_snr_times_the_x0_error(prediction):
 
 
 def test_static_clipping_clamps_the_x0_prediction():
-    x_t, eps, ab = torch.tensor([0.9, 0.0]), torch.tensor([-2.0, 0.1]), torch.tensor(0.25)
-    clipped = static_clip_epsilon(x_t, eps, ab)
-    x0 = x0_from_eps(x_t, clipped, ab)
-    torch.testing.assert_close(x0, x0_from_eps(x_t, eps, ab).clamp(-1, 1))
-    assert float(x0[0]) == 1.0 and float(clipped[1]) == pytest.approx(0.1)  # in range: unchanged
+    x_t, eps, ab = torch.tensor([0.9, 0.0]), torch.tensor([-2.0, 0.1]), torch.tensor(0.25, dtype=torch.float64)
+    pred = Denoised(x0_from_eps(x_t, eps, ab.float()), eps)  # x0 = [3.8, -0.1]
+    clipped = static_clip(pred, x_t, ab)
+    torch.testing.assert_close(clipped.x0, pred.x0.clamp(-1, 1))
+    torch.testing.assert_close(x0_from_eps(x_t, clipped.eps, ab.float()), clipped.x0)  # still a consistent pair
+    assert float(clipped.x0[0]) == 1.0 and float(clipped.eps[0]) == pytest.approx((0.9 - 0.5) / math.sqrt(0.75))
+    assert torch.equal(clipped.x0[1], pred.x0[1]) and torch.equal(clipped.eps[1], eps[1])  # in range: unchanged
 
 
 def test_guidance_scale_one_is_the_conditional_prediction():
-    c, u = torch.randn(3, 4), torch.randn(3, 4)
-    torch.testing.assert_close(guided_epsilon(c, u, 1.0), c)
-    torch.testing.assert_close(guided_epsilon(c, u, 0.0), u)
-    torch.testing.assert_close(guided_epsilon(c, u, 3.0), u + 3 * (c - u))
+    c, u = Denoised(torch.randn(3, 4), torch.randn(3, 4)), Denoised(torch.randn(3, 4), torch.randn(3, 4))
+    torch.testing.assert_close(guided_prediction(c, u, 1.0), c)
+    torch.testing.assert_close(guided_prediction(c, u, 0.0), u)
+    torch.testing.assert_close(guided_prediction(c, u, 3.0).eps, u.eps + 3 * (c.eps - u.eps))
+    torch.testing.assert_close(guided_prediction(c, u, 3.0).x0, u.x0 + 3 * (c.x0 - u.x0))
 
     m = model(conditional=True).eval()
     for p in m.parameters():  # a non-trivial net: the zero-initialised output layer would hide the labels
@@ -140,13 +147,17 @@ def test_guidance_scale_one_is_the_conditional_prediction():
     x, t, y = torch.randn(4, *SPEC.shape), torch.tensor([1, 5, 9, 19]), torch.tensor([0, 3, 7, 9])
     null = torch.full_like(y, SPEC.num_classes)
     with torch.no_grad():
-        e_c = m.process.eps_from_output(m.net(x, t, y), x, t)
-        e_u = m.process.eps_from_output(m.net(x, t, null), x, t)
+        p_c = m.process.denoise(m.net(x, t, y), x, t)
+        p_u = m.process.denoise(m.net(x, t, null), x, t)
         plain = DiffusionSamplingConfig(clip_denoised="none")
-        torch.testing.assert_close(m.eps_fn(y, plain)(x, t), e_c)
+        torch.testing.assert_close(m.denoiser(y, plain)(x, t), p_c)
         guided = DiffusionSamplingConfig(clip_denoised="none", guidance_scale=3.0)
-        torch.testing.assert_close(m.eps_fn(y, guided)(x, t), e_u + 3.0 * (e_c - e_u), atol=1e-5, rtol=1e-5)
-    assert not torch.allclose(e_c, e_u)
+        got = m.denoiser(y, guided)(x, t)
+        torch.testing.assert_close(got.eps, p_u.eps + 3.0 * (p_c.eps - p_u.eps), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.x0, p_u.x0 + 3.0 * (p_c.x0 - p_u.x0), atol=1e-5, rtol=1e-5)
+        ab = m.process.abar(t, x)  # the guided pair is still a consistent one
+        torch.testing.assert_close(ab.sqrt() * got.x0 + (1 - ab).sqrt() * got.eps, x, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(p_c.eps, p_u.eps)
 
 
 def test_label_dropout_sends_labels_to_the_null_class():
@@ -254,11 +265,11 @@ def test_discretised_gaussian_is_finite_far_in_the_tails():
 
 
 def point_mass_oracle(process: GaussianDiffusion, x_star: torch.Tensor):
-    """The Bayes-optimal epsilon when the data is the single image x_star."""
-    def eps(x_t, t):
+    """The Bayes-optimal prediction (x0, eps) when the data is the single image x_star."""
+    def denoise(x_t, t):
         ab = process.abar(t, x_t)
-        return (x_t - ab.sqrt() * x_star) / (1 - ab).sqrt()
-    return eps
+        return Denoised(x_star.expand_as(x_t), (x_t - ab.sqrt() * x_star) / (1 - ab).sqrt())
+    return denoise
 
 
 def test_the_bound_of_the_ideal_denoiser_on_a_point_mass_is_the_prior_and_decoder_terms():
@@ -289,8 +300,7 @@ def test_the_stratified_estimate_is_unbiased_for_the_full_sum():
     estimator, e.g. the strata's midpoints, misses it by far more than the tolerance)."""
     process = GaussianDiffusion(linear_alphas_cumprod(50))
     x = torch.ones(1, 1, 2, 2, dtype=torch.float64)
-    bad = point_mass_oracle(process, x * 0.2)
-    eps = lambda x_t, t: bad(x_t, t) + 0.0  # noqa: E731  deterministic in (x_t, t)
+    eps = point_mass_oracle(process, x * 0.2)  # deterministic in (x_t, t)
     exact = torch.stack([process.nll_bound(eps, x, 49, torch.Generator().manual_seed(s)) for s in range(200)]).mean()
     est = torch.stack([process.nll_bound(eps, x, 5, torch.Generator().manual_seed(s)) for s in range(2000)]).mean()
     assert float(est) == pytest.approx(float(exact), rel=0.02)
@@ -303,3 +313,58 @@ def test_the_model_reports_a_lower_bound_in_nats_per_image():
     assert ll.kind == "lower_bound" and ll.estimator == "vlb-stratified-4"
     assert ll.nats.shape == (3,) and (ll.nats < 0).all()
     assert model(vlb_timesteps=19).eval().log_likelihood(x).estimator == "vlb"  # T - 1 = 19 terms: all of them
+
+
+# ----------------------------------------------------------------------------- precision of x0_hat
+
+PRECISE = dict(timesteps=1000, schedule="cosine")  # sqrt(abar_{T-1}) ~ 5e-5: eq. 4 solved for x0 is ill conditioned
+
+
+def reference_x0(m, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x0_hat of the (random-initialised) net's output at (x_t, t), every operation in float64."""
+    out, x = m.net(x_t, t, None).double(), x_t.double()
+    ab = m.process.alphas_cumprod[t].view(-1, 1, 1, 1)
+    return ab.sqrt() * x - (1 - ab).sqrt() * out if m.cfg.prediction == "v" else (x - (1 - ab).sqrt() * out) / ab.sqrt()
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpm_solver++"])
+def test_a_one_step_sample_of_a_v_net_is_its_float64_x0_at_t_T_minus_1(sampler):
+    # one step from x_T at t = T-1 returns the x0_hat the sampler computed there, clamped
+    m = model(prediction="v", **PRECISE).eval()
+    o = DiffusionSamplingConfig(sampler=sampler, steps=1, clip_denoised="none")
+    got = m.sample(16, generator=torch.Generator().manual_seed(0), options=o)
+    x_T = torch.randn((16, *SPEC.shape), generator=torch.Generator().manual_seed(0))  # sample()'s draw
+    with torch.no_grad():
+        ref = reference_x0(m, x_T, torch.full((16,), 999)).clamp(-1, 1)
+    assert float((ref.abs() < 1).float().mean()) > 0.9  # the clamp hides (almost) nothing
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=0)  # float32 x0 from float32 (x_T, v): ~1e-7
+
+
+def test_the_x0_the_samplers_use_is_the_float64_one_at_every_t():
+    m = model(prediction="v", **PRECISE).eval()
+    denoise = m.denoiser(None, DiffusionSamplingConfig(clip_denoised="none"))
+    x_t = torch.randn((1000, *SPEC.shape), generator=torch.Generator().manual_seed(0))
+    t = torch.arange(1000)  # one row per timestep
+    with torch.no_grad():
+        torch.testing.assert_close(denoise(x_t, t).x0.double(), reference_x0(m, x_t, t), rtol=1e-5, atol=0)
+        # each sampler steps with that x0_hat: from a single timestep t it returns x0_hat(x_t, t) itself
+        for name, sampler in SAMPLERS.items():
+            for t1 in (999, 998, 500, 0):
+                x = x_t[:2]
+                got = sampler(denoise, x, m.process.alphas_cumprod, [t1], generator=torch.Generator())
+                torch.testing.assert_close(got.double(), reference_x0(m, x, torch.full((2,), t1)), rtol=1e-5, atol=0,
+                                           msg=lambda s: f"{name} at t = {t1}: {s}")  # noqa: B023
+
+
+def test_the_bounds_x0_is_the_float64_one_at_t_T_minus_1():
+    # L_{T-1} compares the posterior means of x0 and x0_hat: an x0_hat error of 1e-3 moves it by ~1e-3
+    m = model(prediction="v", **PRECISE).eval()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 256, (4, *SPEC.shape), generator=g).float() / 127.5 - 1.0
+    noise, t = torch.randn(x0.shape, generator=g), torch.full((4,), 999)
+    with torch.no_grad():
+        got = m.process.vlb_term(lambda x_t, tt: m.process.denoise(m.net(x_t, tt, None), x_t, tt), x0, t, noise)
+        x_t = m.process.q_sample(x0, t, noise)
+        mean_q, var = m.process.posterior(x0, x_t, t)
+        mean_p, _ = m.process.posterior(reference_x0(m, x_t, t).clamp(-1, 1), x_t, t)
+    torch.testing.assert_close(got, ((mean_q - mean_p).pow(2) / (2 * var)).flatten(1).sum(1), rtol=1e-5, atol=0)

@@ -1,7 +1,8 @@
 """The diffusion samplers against a data distribution whose exact answers are known.
 
 For data x_0 ~ N(mu, s^2 I), x_t ~ N(sqrt(abar) mu, (abar s^2 + 1 - abar) I) and the optimal
-epsilon-predictor is E[eps | x_t] = sqrt(1 - abar) (x_t - sqrt(abar) mu) / (abar s^2 + 1 - abar).
+predictions are E[eps | x_t] = sqrt(1 - abar) (x_t - sqrt(abar) mu) / (abar s^2 + 1 - abar) and
+E[x_0 | x_t] = mu + sqrt(abar) s^2 (x_t - sqrt(abar) mu) / (abar s^2 + 1 - abar).
 The probability-flow ODE then maps x_T affinely onto the data: it keeps the standardised
 value (x_t - m_t) / sqrt(v_t) of every pixel, so its exact endpoint is closed-form.
 """
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from genpipe.models.diffusion import cosine_alphas_cumprod, linear_alphas_cumprod
-from genpipe.samplers import SAMPLERS, run_sampler, sampler_timesteps, timestep_sequence
+from genpipe.samplers import SAMPLERS, Denoised, run_sampler, sampler_timesteps, timestep_sequence
 from genpipe.samplers.ddim import ddim_sample
 from genpipe.samplers.ddpm import ddpm_sample
 from genpipe.samplers.dpm_solver import dpm_solver_pp_sample
@@ -22,16 +23,17 @@ from genpipe.samplers.dpm_solver import dpm_solver_pp_sample
 MU, S = 0.3, 0.5  # the data distribution N(MU, S^2) per pixel
 
 
-def gaussian_eps_fn(alphas_cumprod: torch.Tensor, mu: float = MU, s: float = S, calls: list | None = None):
-    """The exact E[eps | x_t] for N(mu, s^2 I) data."""
+def gaussian_denoiser(alphas_cumprod: torch.Tensor, mu: float = MU, s: float = S, calls: list | None = None):
+    """The exact (E[x_0 | x_t], E[eps | x_t]) for N(mu, s^2 I) data, each in closed form."""
 
-    def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> Denoised:
         if calls is not None:
             calls.append(int(t[0]))
-        ab = alphas_cumprod[t].to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
-        return (1 - ab).sqrt() * (x - ab.sqrt() * mu) / (ab * s * s + 1 - ab)
+        ab = alphas_cumprod[t].view(-1, *([1] * (x.dim() - 1)))  # float64
+        r = (x.double() - ab.sqrt() * mu) / (ab * s * s + 1 - ab)
+        return Denoised((mu + ab.sqrt() * s * s * r).to(x.dtype), ((1 - ab).sqrt() * r).to(x.dtype))
 
-    return eps
+    return denoise
 
 
 def exact_ode_endpoint(x_T: torch.Tensor, abar_T: float, mu: float = MU, s: float = S) -> torch.Tensor:
@@ -66,7 +68,7 @@ def test_timestep_sequences_golden_values():
 def test_one_network_evaluation_per_timestep(name, nfe):
     abar = SCHEDULES["linear"]
     calls: list[int] = []
-    run_sampler(name, gaussian_eps_fn(abar, calls=calls), noise(4), abar, steps=25, generator=torch.Generator())
+    run_sampler(name, gaussian_denoiser(abar, calls=calls), noise(4), abar, steps=25, generator=torch.Generator())
     assert calls == sampler_timesteps(name, 1000, 25, "uniform") and len(calls) == nfe
 
 
@@ -75,7 +77,7 @@ def test_ddim_and_dpm_solver_land_on_the_probability_flow_solution(schedule):
     abar = SCHEDULES[schedule]
     x_T = noise()
     exact = exact_ode_endpoint(x_T, float(abar[-1]))
-    eps = gaussian_eps_fn(abar)
+    eps = gaussian_denoiser(abar)
     ddim = ddim_sample(eps, x_T, abar, timestep_sequence(1000, 1000, "uniform"))  # every timestep
     dpm = dpm_solver_pp_sample(eps, x_T, abar, timestep_sequence(1000, 100, "quadratic"))
     assert (ddim - exact).abs().max() < 1e-2  # first order: ~6e-3 (linear), ~3e-3 (cosine)
@@ -89,7 +91,7 @@ def test_dpm_solver_is_second_order_and_ddim_first_order():
     abar = SCHEDULES["linear"]
     x_T = noise()
     exact = exact_ode_endpoint(x_T, float(abar[-1]))
-    eps = gaussian_eps_fn(abar)
+    eps = gaussian_denoiser(abar)
 
     def err(sampler, steps: int) -> float:
         return float((sampler(eps, x_T, abar, timestep_sequence(1000, steps, "quadratic")) - exact).abs().max())
@@ -104,14 +106,14 @@ def test_dpm_solver_is_second_order_and_ddim_first_order():
 def test_dpm_solver_with_two_steps_is_ddim():
     # its first step is first order (DDIM) and its last goes to sigma = 0, like DDIM's
     abar = SCHEDULES["cosine"]
-    eps = gaussian_eps_fn(abar)
+    eps = gaussian_denoiser(abar)
     seq = timestep_sequence(1000, 2, "uniform")
     torch.testing.assert_close(dpm_solver_pp_sample(eps, noise(), abar, seq), ddim_sample(eps, noise(), abar, seq))
 
 
 def test_ddim_with_eta_zero_is_deterministic_and_ignores_the_generator():
     abar = SCHEDULES["cosine"]
-    eps = gaussian_eps_fn(abar)
+    eps = gaussian_denoiser(abar)
     seq = timestep_sequence(1000, 20, "quadratic")
     a = ddim_sample(eps, noise(), abar, seq, eta=0.0, generator=torch.Generator().manual_seed(1))
     b = ddim_sample(eps, noise(), abar, seq, eta=0.0, generator=torch.Generator().manual_seed(2))
@@ -123,7 +125,7 @@ def test_ddim_with_eta_zero_is_deterministic_and_ignores_the_generator():
 
 def test_ddim_with_eta_one_on_every_timestep_is_ddpm():
     abar = linear_alphas_cumprod(50)
-    eps = gaussian_eps_fn(abar)
+    eps = gaussian_denoiser(abar)
     a = ddpm_sample(eps, noise(), abar, generator=torch.Generator().manual_seed(3))
     b = ddim_sample(eps, noise(), abar, list(range(49, -1, -1)), eta=1.0, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(a, b)
@@ -133,6 +135,6 @@ def test_ddpm_reproduces_the_data_distribution():
     # ancestral sampling draws from p(x_0) itself: mean MU, std S per pixel
     abar = cosine_alphas_cumprod(1000)
     x_T = torch.randn(20000, 1, 2, 2, generator=torch.Generator().manual_seed(0))
-    x0 = ddpm_sample(gaussian_eps_fn(abar), x_T, abar, generator=torch.Generator().manual_seed(1))
+    x0 = ddpm_sample(gaussian_denoiser(abar), x_T, abar, generator=torch.Generator().manual_seed(1))
     assert float(x0.mean()) == pytest.approx(MU, abs=0.01)
     assert float(x0.std()) == pytest.approx(S, rel=0.02)  # sigma^2 = beta_tilde: ~0.499 at T = 1000

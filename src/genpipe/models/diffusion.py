@@ -20,7 +20,9 @@ probability ``p_uncond`` so that one network also learns p(x), which classifier-
 guidance (Ho & Salimans 2022, https://arxiv.org/abs/2207.12598, eq. 6) combines at sampling.
 
 The process (:class:`GaussianDiffusion`) is a plain object that takes the network as an
-argument (improved-diffusion style); the samplers live in :mod:`genpipe.samplers`.
+argument (improved-diffusion style); the samplers live in :mod:`genpipe.samplers` and take the
+network's prediction as the pair (x0_hat, eps_hat) (:meth:`GaussianDiffusion.denoise`): from v both
+by a rotation, well conditioned at every t; from eps, x0 by eq. 4, evaluated in float64.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from genpipe.errors import InputError
 from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup, cpu_randn
 from genpipe.models.distributions import discretized_gaussian_log_prob
 from genpipe.models.nets.unet import UNet
-from genpipe.samplers import EpsFn, run_sampler
+from genpipe.samplers import DenoiseFn, Denoised, run_sampler
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -74,8 +76,17 @@ def eps_from_v(x_t: torch.Tensor, v: torch.Tensor, abar: torch.Tensor) -> torch.
     return (1 - abar).sqrt() * x_t + abar.sqrt() * v
 
 
+def x0_from_v(x_t: torch.Tensor, v: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
+    """x0 = sqrt(abar) x_t - sqrt(1 - abar) v (the same rotation; well conditioned at every t)."""
+    return abar.sqrt() * x_t - (1 - abar).sqrt() * v
+
+
 def x0_from_eps(x_t: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-    """x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)   (eq. 4 solved for x0)."""
+    """x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)   (eq. 4 solved for x0).
+
+    Ill conditioned where abar -> 0: it cancels x_t against sqrt(1 - abar) eps and divides by
+    sqrt(abar), so rounding in x_t or eps grows by 1 / sqrt(abar) (2e4 at t = T-1 of the cosine
+    schedule); :meth:`GaussianDiffusion.denoise` evaluates it in float64."""
     return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 
 
@@ -90,15 +101,23 @@ def min_snr_weight(abar: torch.Tensor, prediction: Literal["epsilon", "v"], gamm
     return snr.clamp(max=gamma) / (snr if prediction == "epsilon" else snr + 1)
 
 
-def guided_epsilon(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """eps_uncond + scale (eps_cond - eps_uncond); Ho & Salimans 2022 eq. 6 with scale = 1 + w."""
-    return eps_uncond + scale * (eps_cond - eps_uncond)
+def guided_prediction(cond: Denoised, uncond: Denoised, scale: float) -> Denoised:
+    """uncond + scale (cond - uncond) of eps (Ho & Salimans 2022 eq. 6 with scale = 1 + w) and of x0:
+    the weights 1 - scale and scale sum to one, so the guided pair keeps x_t = sqrt(abar) x0 +
+    sqrt(1 - abar) eps, and its x0 is the x0 of the guided eps (and of the guided v)."""
+    return Denoised(*(u + scale * (c - u) for c, u in zip(cond, uncond)))
 
 
-def static_clip_epsilon(x_t: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor) -> torch.Tensor:
-    """The eps whose x0 prediction is clamped to [-1, 1] (improved-diffusion's ``clip_denoised``)."""
-    x0 = x0_from_eps(x_t, eps, abar).clamp(-1.0, 1.0)
-    return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
+def static_clip(pred: Denoised, x_t: torch.Tensor, abar: torch.Tensor) -> Denoised:
+    """The prediction with x0 clamped to [-1, 1] (improved-diffusion's ``clip_denoised``) and, where
+    the clamp moved it, the eps that goes with it, (x_t - sqrt(abar) x0) / sqrt(1 - abar) (float64).
+
+    Args: pred (B, C, H, W) each; x_t (B, C, H, W); abar broadcastable to x_t, float64.
+    """
+    x0 = pred.x0.clamp(-1.0, 1.0)
+    a = abar.double()
+    eps = ((x_t.double() - a.sqrt() * x0.double()) / (1 - a).sqrt()).to(pred.eps.dtype)
+    return Denoised(x0, torch.where(x0 == pred.x0, pred.eps, eps))
 
 
 class GaussianDiffusion:
@@ -136,10 +155,18 @@ class GaussianDiffusion:
         b = self.betas().to(t.device)[t].to(x_prev.dtype).view(-1, *([1] * (x_prev.dim() - 1)))
         return (1 - b).sqrt() * x_prev + b.sqrt() * noise
 
-    def eps_from_output(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The network output (B, C, H, W) as an epsilon prediction."""
-        out = out.float()
-        return out if self.prediction == "epsilon" else eps_from_v(x_t, out, self.abar(t, x_t))
+    def denoise(self, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> Denoised:
+        """The network output (B, C, H, W) at x_t (B, C, H, W), timesteps t (B,), as the pair
+        (x0_hat, eps_hat) in x_t's dtype, each formed directly from what the network predicts:
+        v gives both by the rotation (Salimans & Ho 2022, sec. 4), eps gives x0 by eq. 4, which
+        is ill conditioned as abar -> 0 and so is evaluated in float64 (:func:`x0_from_eps`)."""
+        x, o = x_t.double(), out.double()
+        a = self.abar(t, x)  # (B, 1, 1, 1) float64
+        if self.prediction == "epsilon":
+            x0, eps = x0_from_eps(x, o, a), o
+        else:
+            x0, eps = x0_from_v(x, o, a), eps_from_v(x, o, a)
+        return Denoised(x0.to(x_t.dtype), eps.to(x_t.dtype))
 
     def training_losses(self, net: nn.Module, x0: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None,
                         noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -171,7 +198,7 @@ class GaussianDiffusion:
         mean_sq = a * x0.double().pow(2)
         return 0.5 * (mean_sq + (1 - a) - 1 - math.log(1 - a)).flatten(1).sum(1)
 
-    def vlb_term(self, eps_fn: EpsFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def vlb_term(self, denoise_fn: DenoiseFn, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """One term of the bound per image (B,), nats, at 0-based timesteps t (B,):
 
         t = 0:  L_0 = -log p(x_0 | x_1), a discretised Gaussian around the predicted x_0 (eq. 13)
@@ -180,8 +207,7 @@ class GaussianDiffusion:
                 variance (the beta-tilde choice of sec. 3.2) and the mean of eq. 11.
         """
         x_t = self.q_sample(x0, t, noise)
-        ab = self.abar(t, x0)
-        x0_hat = x0_from_eps(x_t, eps_fn(x_t, t).float(), ab).clamp(-1.0, 1.0).double()
+        x0_hat = denoise_fn(x_t, t).x0.clamp(-1.0, 1.0).double()
         out = torch.empty(x0.shape[0], dtype=torch.float64, device=x0.device)
         first = t == 0
         if first.any():
@@ -195,7 +221,7 @@ class GaussianDiffusion:
             out[later] = ((mean_q - mean_p).pow(2) / (2 * var)).flatten(1).sum(1)
         return out
 
-    def nll_bound(self, eps_fn: EpsFn, x0: torch.Tensor, timesteps: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def nll_bound(self, denoise_fn: DenoiseFn, x0: torch.Tensor, timesteps: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """-ELBO per image (B,), nats: L_T + L_0 exactly, and the sum of L_1..L_{T-1} estimated
         without bias from one uniform draw in each of ``timesteps`` blocks of consecutive t
         (:func:`vlb_strata`), weighted by the block's size; every term when ``timesteps`` >= T - 1.
@@ -203,13 +229,13 @@ class GaussianDiffusion:
         most of the bound are summed one by one. Noise comes from the CPU ``generator``."""
         b, device = x0.shape[0], x0.device
         zero = torch.zeros(b, dtype=torch.long, device=device)
-        total = self.prior_kl(x0) + self.vlb_term(eps_fn, x0, zero, cpu_randn(x0.shape, generator, device))
+        total = self.prior_kl(x0) + self.vlb_term(denoise_fn, x0, zero, cpu_randn(x0.shape, generator, device))
         edges = vlb_strata(self.num_timesteps, timesteps)
         sizes = (edges[1:] - edges[:-1]).tolist()
         u = torch.rand(len(sizes), generator=generator, dtype=torch.float64)
         for start, size, uk in zip(edges[:-1].tolist(), sizes, u.tolist()):
             t = torch.full((b,), start + min(int(uk * size), size - 1), dtype=torch.long, device=device)
-            total = total + size * self.vlb_term(eps_fn, x0, t, cpu_randn(x0.shape, generator, device))
+            total = total + size * self.vlb_term(denoise_fn, x0, t, cpu_randn(x0.shape, generator, device))
         return total
 
 
@@ -261,20 +287,24 @@ class Diffusion(nn.Module):
         terms = self.process.training_losses(self.net, x, t, y)  # each (B,)
         return {"loss": terms["loss"].mean(), "mse": terms["mse"].mean().detach()}
 
-    def eps_fn(self, labels: torch.Tensor | None, options: DiffusionSamplingConfig) -> EpsFn:
-        """The network as an epsilon predictor, guided (CFG) and clipped as ``options`` say."""
+    def denoiser(self, labels: torch.Tensor | None, options: DiffusionSamplingConfig) -> DenoiseFn:
+        """The network as the samplers' (x0_hat, eps_hat) predictor, guided (CFG) and clipped as
+        ``options`` say."""
         null = None if labels is None else torch.full_like(labels, self.spec.num_classes)
 
-        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def denoise(x: torch.Tensor, t: torch.Tensor) -> Denoised:
             if labels is None or options.guidance_scale == 1.0:
-                e = self.process.eps_from_output(self.net(x, t, labels), x, t)
+                pred = self.process.denoise(self.net(x, t, labels), x, t)
             else:  # one batched pass: conditional and null-class halves
                 x2, t2 = torch.cat([x, x]), torch.cat([t, t])
-                e_c, e_u = self.process.eps_from_output(self.net(x2, t2, torch.cat([labels, null])), x2, t2).chunk(2)
-                e = guided_epsilon(e_c, e_u, options.guidance_scale)
-            return static_clip_epsilon(x, e, self.process.abar(t, x)) if options.clip_denoised == "static" else e
+                both = self.process.denoise(self.net(x2, t2, torch.cat([labels, null])), x2, t2)
+                cond, uncond = zip(*(p.chunk(2) for p in both))
+                pred = guided_prediction(Denoised(*cond), Denoised(*uncond), options.guidance_scale)
+            if options.clip_denoised == "static":
+                pred = static_clip(pred, x, self.process.abar(t, x.double()))
+            return pred
 
-        return eps
+        return denoise
 
     def _check(self, n: int, labels: torch.Tensor | None, o: DiffusionSamplingConfig) -> torch.Tensor | None:
         """Validated labels (n,) on the model's device, or None for an unconditional model."""
@@ -303,7 +333,7 @@ class Diffusion(nn.Module):
         o = self.cfg.sampling if options is None else options
         labels = self._check(n, labels, o)
         x_T = cpu_randn((n, *self.spec.shape), generator, next(self.parameters()).device)
-        x0 = run_sampler(o.sampler, self.eps_fn(labels, o), x_T, self.process.alphas_cumprod,
+        x0 = run_sampler(o.sampler, self.denoiser(labels, o), x_T, self.process.alphas_cumprod,
                          steps=o.steps, spacing=o.spacing, eta=o.eta, generator=generator)
         return x0.clamp(-1.0, 1.0)
 
@@ -329,9 +359,9 @@ class Diffusion(nn.Module):
                                      "(p_uncond=0); pass labels for log p(x | y)")
                 labels = torch.full((x.shape[0],), self.spec.num_classes, dtype=torch.long)
             y = labels.long().to(x.device)
-        eps = lambda x_t, t: self.process.eps_from_output(self.net(x_t, t, y), x_t, t)  # noqa: E731
+        denoise = lambda x_t, t: self.process.denoise(self.net(x_t, t, y), x_t, t)  # noqa: E731
         n = self.cfg.vlb_timesteps
-        nats = -self.process.nll_bound(eps, x, n, generator)
+        nats = -self.process.nll_bound(denoise, x, n, generator)
         exact_sum = n >= self.process.num_timesteps - 1
         return LogLikelihood(nats=nats, kind="lower_bound",
                              estimator="vlb" if exact_sum else f"vlb-stratified-{n}")

@@ -1,7 +1,8 @@
-"""Diffusion samplers: one algorithm per file, plain functions of (eps_fn, x_T, alpha-bar, timesteps).
+"""Diffusion samplers: one algorithm per file, plain functions of (denoise_fn, x_T, alpha-bar, timesteps).
 
-Every sampler has the signature ``f(eps_fn, x_T, alphas_cumprod, timesteps, *, generator, ...)``
-and returns x_0. :func:`run_sampler` picks the timesteps (all T for ``ddpm``) and passes
+Every sampler has the signature ``f(denoise_fn, x_T, alphas_cumprod, timesteps, *, generator, ...)``
+and returns x_0; ``denoise_fn(x_t, t)`` is the network's prediction as the pair (x0_hat, eps_hat)
+(:class:`Denoised`). :func:`run_sampler` picks the timesteps (all T for ``ddpm``) and passes
 the options a sampler takes; its length is the number of network evaluations (NFE).
 """
 
@@ -11,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from genpipe.samplers.common import EpsFn, Spacing, timestep_sequence
+from genpipe.samplers.common import DenoiseFn, Denoised, Spacing, timestep_sequence
 from genpipe.samplers.ddim import ddim_sample
 from genpipe.samplers.dpm_solver import dpm_solver_pp_sample
 from genpipe.samplers.ddpm import ddpm_sample
@@ -32,7 +33,7 @@ def sampler_timesteps(name: str, num_timesteps: int, steps: int, spacing: Spacin
 
 def run_sampler(
     name: str,  # a key of SAMPLERS
-    eps_fn: EpsFn,
+    denoise_fn: DenoiseFn,
     x_T: torch.Tensor,  # (B, C, H, W) standard normal noise
     alphas_cumprod: torch.Tensor,  # (T,) float64
     *,
@@ -44,7 +45,7 @@ def run_sampler(
     """x_0 (B, C, H, W) from ``x_T`` with the named sampler."""
     timesteps = sampler_timesteps(name, len(alphas_cumprod), steps, spacing)
     extra = {"eta": eta} if name == "ddim" else {}
-    return SAMPLERS[name](eps_fn, x_T, alphas_cumprod, timesteps, generator=generator, **extra)
+    return SAMPLERS[name](denoise_fn, x_T, alphas_cumprod, timesteps, generator=generator, **extra)
 
 
-__all__ = ["SAMPLERS", "EpsFn", "Spacing", "run_sampler", "sampler_timesteps", "timestep_sequence"]
+__all__ = ["SAMPLERS", "DenoiseFn", "Denoised", "Spacing", "run_sampler", "sampler_timesteps", "timestep_sequence"]

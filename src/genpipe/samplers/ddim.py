@@ -4,12 +4,13 @@ Song, Meng & Ermon 2021, "Denoising Diffusion Implicit Models", https://arxiv.or
 
 From x_t to x_s (s < t, any subsequence of the training timesteps, sec. 4.2):
 
-    x0_hat  = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)                          ("predicted x_0")
     sigma   = eta * sqrt((1 - abar_s) / (1 - abar_t)) * sqrt(1 - abar_t / abar_s)          (eq. 16)
     x_s     = sqrt(abar_s) x0_hat + sqrt(1 - abar_s - sigma^2) eps_hat + sigma z           (eq. 12)
 
-eta = 0 is deterministic (an Euler step of the probability-flow ODE in the variables
-x / sqrt(abar) and sqrt(1 - abar) / sqrt(abar), sec. 4.3); eta = 1 is the DDPM posterior.
+with x0_hat ("predicted x_0") and eps_hat the network's prediction at x_t in both forms
+(:class:`~genpipe.samplers.common.Denoised`). eta = 0 is deterministic (an Euler step of the
+probability-flow ODE in the variables x / sqrt(abar) and sqrt(1 - abar) / sqrt(abar), sec. 4.3);
+eta = 1 is the DDPM posterior.
 The final step goes to abar = 1 and returns x0_hat.
 """
 
@@ -19,12 +20,12 @@ import math
 
 import torch
 
-from genpipe.samplers.common import EpsFn, alpha_bar, call_eps, cpu_noise, predict_x0
+from genpipe.samplers.common import DenoiseFn, alpha_bar, call_denoiser, cpu_noise
 
 
 @torch.no_grad()
 def ddim_sample(
-    eps_fn: EpsFn,
+    denoise_fn: DenoiseFn,  # the network: (x_t, t) -> (x0_hat, eps_hat)
     x_T: torch.Tensor,  # (B, C, H, W) noise at t = timesteps[0]
     alphas_cumprod: torch.Tensor,  # (T,) float64 alpha-bar
     timesteps: list[int],  # descending, e.g. timestep_sequence(T, 50, "uniform")
@@ -37,8 +38,7 @@ def ddim_sample(
     for i, t in enumerate(timesteps):
         s = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         ab_t, ab_s = alpha_bar(alphas_cumprod, t), alpha_bar(alphas_cumprod, s)
-        eps = call_eps(eps_fn, x, t)
-        x0 = predict_x0(x, eps, ab_t)
+        x0, eps = call_denoiser(denoise_fn, x, t)
         sigma = eta * math.sqrt((1.0 - ab_s) / (1.0 - ab_t) * (1.0 - ab_t / ab_s))
         x = math.sqrt(ab_s) * x0 + math.sqrt(max(1.0 - ab_s - sigma**2, 0.0)) * eps
         if sigma > 0.0:

@@ -12,7 +12,7 @@ posterior (eq. 6-7), written for any s < t so that a respaced chain works as wel
     beta_tilde = (1 - abar_s) / (1 - abar_t) * beta'                                     (eq. 7)
     x_s        = mu_tilde + sqrt(beta_tilde) z,  z ~ N(0, I)
 
-with x0_hat = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t). With s = t - 1 this is
+with x0_hat the network's denoised image at x_t. With s = t - 1 this is
 Algorithm 2 with sigma_t^2 = beta_tilde_t. The last step (to abar = 1) adds no noise and
 returns x0_hat.
 """
@@ -23,12 +23,12 @@ import math
 
 import torch
 
-from genpipe.samplers.common import EpsFn, alpha_bar, call_eps, cpu_noise, predict_x0
+from genpipe.samplers.common import DenoiseFn, alpha_bar, call_denoiser, cpu_noise
 
 
 @torch.no_grad()
 def ddpm_sample(
-    eps_fn: EpsFn,
+    denoise_fn: DenoiseFn,  # the network: (x_t, t) -> (x0_hat, eps_hat)
     x_T: torch.Tensor,  # (B, C, H, W) noise at t = timesteps[0]
     alphas_cumprod: torch.Tensor,  # (T,) float64 alpha-bar
     timesteps: list[int] | None = None,  # descending; None: all T steps (the DDPM chain)
@@ -41,7 +41,7 @@ def ddpm_sample(
     for i, t in enumerate(seq):
         s = seq[i + 1] if i + 1 < len(seq) else -1
         ab_t, ab_s = alpha_bar(alphas_cumprod, t), alpha_bar(alphas_cumprod, s)
-        x0 = predict_x0(x, call_eps(eps_fn, x, t), ab_t)
+        x0 = call_denoiser(denoise_fn, x, t).x0
         beta = 1.0 - ab_t / ab_s
         mean = (math.sqrt(ab_s) * beta / (1.0 - ab_t)) * x0 + (
             math.sqrt(1.0 - beta) * (1.0 - ab_s) / (1.0 - ab_t)

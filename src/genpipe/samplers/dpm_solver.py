@@ -4,7 +4,7 @@ Lu, Zhou, Bao, Chen, Li & Zhu 2022, "DPM-Solver++: Fast Solver for Guided Sampli
 Diffusion Probabilistic Models", https://arxiv.org/abs/2211.01095
 
 With alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t), lambda_t = log(alpha_t / sigma_t)
-and the data prediction x0_hat(x_t, t) = (x_t - sigma_t eps_hat) / alpha_t, the exact
+and the data prediction x0_hat(x_t, t) (the network's denoised image), the exact
 solution of the probability-flow ODE from s to t is (eq. 8)
 
     x_t = sigma_t / sigma_s * x_s + sigma_t * int_{lambda_s}^{lambda_t} e^lambda x0_hat dlambda.
@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from genpipe.samplers.common import EpsFn, alpha_bar, call_eps, predict_x0
+from genpipe.samplers.common import DenoiseFn, alpha_bar, call_denoiser
 
 
 def _lambda(abar: float) -> float:
@@ -36,7 +36,7 @@ def _lambda(abar: float) -> float:
 
 @torch.no_grad()
 def dpm_solver_pp_sample(
-    eps_fn: EpsFn,
+    denoise_fn: DenoiseFn,  # the network: (x_t, t) -> (x0_hat, eps_hat)
     x_T: torch.Tensor,  # (B, C, H, W) noise at t = timesteps[0]
     alphas_cumprod: torch.Tensor,  # (T,) float64 alpha-bar
     timesteps: list[int],  # descending, e.g. timestep_sequence(T, 20, "uniform")
@@ -48,7 +48,7 @@ def dpm_solver_pp_sample(
     prev_x0, prev_h = None, None
     for i, t in enumerate(timesteps):
         ab_t = alpha_bar(alphas_cumprod, t)
-        x0 = predict_x0(x, call_eps(eps_fn, x, t), ab_t)
+        x0 = call_denoiser(denoise_fn, x, t).x0
         if i + 1 == len(timesteps):
             return x0  # the step to sigma = 0
         ab_s = alpha_bar(alphas_cumprod, timesteps[i + 1])
