@@ -114,7 +114,8 @@ def test_console_script_exit_code(project):
     assert proc.returncode == 2
     assert proc.stderr.startswith("genpipe: error: params.yaml: vae.lr:"), proc.stderr
     proc = subprocess.run([exe, "train", "--family", "vqvae"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "--family vqvae: unknown family" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr  # one line, naming the choices
+    assert "argument --family: invalid choice: 'vqvae'" in proc.stderr and "'diffusion', 'flow', 'gan'" in proc.stderr
 
 
 @pytest.mark.parametrize(

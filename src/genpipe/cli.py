@@ -19,17 +19,25 @@ from genpipe import __version__
 from genpipe.errors import InputError
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (exit code 2), like every other bad input;
+    ``--help`` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     from genpipe.config import FamilyName
 
     families = sorted(get_args(FamilyName))
-    common = argparse.ArgumentParser(add_help=False)
+    common = OneLineParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     common.add_argument(
         "-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a param, e.g. -S train.steps=100 (repeatable; value parsed as YAML)",
     )
-    p = argparse.ArgumentParser(prog="genpipe", description="Train, evaluate and compare image generative models.")
+    p = OneLineParser(prog="genpipe", description="Train, evaluate and compare image generative models.")
     p.add_argument("--version", action="version", version=f"genpipe {__version__}")
     sub = p.add_subparsers(dest="stage", required=True, metavar="STAGE")
     sub.add_parser("prepare", parents=[common], help="prepare the dataset: Parquet shards + card.json")
