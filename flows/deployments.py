@@ -10,9 +10,11 @@ for tests).
 
 ``--interval SECONDS`` replaces the cron with a run every SECONDS seconds, the first one
 SECONDS after registering: a quick check that a server's scheduler fires and that this
-process picks the runs up (``serve --interval 600``). Keep it longer than a pipeline run:
-two runs at once would write the same outputs. Serving (or registering) again without it
-puts the cron back; stopping ``serve`` pauses the deployments until it serves them again.
+process picks the runs up (``serve --interval 600``). The scheduled deployment allows one run
+at a time: a run that comes due while another is still running is cancelled (Prefect's
+CANCEL_NEW), since both would write the same outputs. Serving (or registering) again without
+``--interval`` puts the cron back; stopping ``serve`` pauses the deployments until it serves
+them again.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 from datetime import timedelta
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.deployments.runner import RunnerDeployment
 
@@ -47,6 +50,9 @@ def build_deployments(params: str = "params.yaml", interval: float | None = None
     scheduled = pipeline.to_deployment(
         name=PIPELINE,
         schedules=[pipeline_schedule(cfg, interval)],
+        # one pipeline at a time: a run that comes due while another still runs is cancelled, not
+        # started beside it on the same outputs (the next one on the schedule picks up the changes)
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
         parameters={"params": params},
         tags=["genpipe", "training"],
         description="prepare -> train every family -> evaluate -> generate, on a schedule",

@@ -38,7 +38,7 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
     try:
         retries = cfg.pipeline.task_retries
         train, generate = tasks.train.with_options(retries=retries), tasks.generate.with_options(retries=retries)
-        features = tasks.features.submit(params, overrides)
+        features = tasks.features.submit(params, overrides, parent)
         # the models, then the replicates with the other seeds (for the spread of FID across seeds;
         # none in the quick profile): `concurrent_trainings` at a time, each next one started as
         # soon as any running one ends (failed or not), in `families` order

@@ -58,10 +58,10 @@ def train(params: str, overrides: list[str] | None, family: str, parent_run_id: 
 
 
 @task(name="features", task_run_name="features", **RETRYING)
-def features(params: str, overrides: list[str] | None) -> dict[str, Any]:
+def features(params: str, overrides: list[str] | None, parent_run_id: str | None = None) -> dict[str, Any]:
     from genpipe.evaluation.features import train_feature_net
 
-    return train_feature_net(_cfg(params, overrides), progress=False)
+    return train_feature_net(_cfg(params, overrides), progress=False, parent_run_id=parent_run_id)
 
 
 @task(name="report", task_run_name="report")

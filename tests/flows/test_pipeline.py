@@ -94,6 +94,8 @@ def test_pipeline_flow_end_to_end(project, prefect_api, ray_cluster, bucket, mlf
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id and child.info.status == "FINISHED"
     assert "test_bits_per_dim" in child.data.metrics and "loss" in child.data.metrics
     assert client.list_artifacts(child.info.run_id, "images")
+    nested = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert {"vae-digits", "vae-digits-seed1", "features-digits"} <= {r.info.run_name for r in nested}
 
     # on-demand generation from the MLflow run, through its own flow
     more = batch_generation(family=None, run_id=child.info.run_id, n=8, seed=3, out=f"s3://{bucket}/on-demand")
@@ -113,3 +115,18 @@ def test_deployments_register_with_schedule_and_parameters(project, prefect_api)
     assert on_demand.schedules == []
     assert on_demand.parameters == {"params": "params.yaml", "n": cfg.generate.n, "seed": cfg.generate.seed}
     assert set(on_demand.parameter_openapi_schema["properties"]) >= {"family", "run_id", "n", "seed", "labels", "out"}
+
+
+def test_the_scheduled_pipeline_runs_one_at_a_time(project, prefect_api):
+    """A second pipeline run that comes due while one runs is cancelled by the server, not started."""
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Pending
+
+    scheduled = build_deployments("params.yaml")[0]
+    deployment_id = scheduled.apply()
+    with get_client(sync_client=True) as client:
+        first, second = (client.create_flow_run_from_deployment(deployment_id) for _ in range(2))
+        assert client.set_flow_run_state(first.id, Pending()).state.type == StateType.PENDING
+        refused = client.set_flow_run_state(second.id, Pending())
+        assert refused.state.type == StateType.CANCELLED and "concurrency limit" in refused.state.message
+        assert client.read_flow_run(second.id).state.type == StateType.CANCELLED
