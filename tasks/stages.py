@@ -37,7 +37,7 @@ def start_pipeline_run(params: str, overrides: list[str] | None) -> str:
     from genpipe.data import read_card
 
     cfg = _cfg(params, overrides)
-    return tracking.start_pipeline_run(cfg, read_card(cfg.paths.data)["source"])
+    return tracking.start_pipeline_run(cfg, read_card(cfg.paths.data))
 
 
 @task(name="prepare", task_run_name="prepare")

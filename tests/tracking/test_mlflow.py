@@ -8,10 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from genpipe import tracking
 from genpipe.config import resolve
 from genpipe.training.checkpoint import load_checkpoint
 from genpipe.training.stage import ran_params, run_params
@@ -72,3 +75,21 @@ def test_the_feature_network_has_a_run_of_its_own(trained_project, mlflow_uri):
     assert run.data.params["features.steps"] == str(card["steps"])
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2  # 150 steps: at 100 and 150
     assert {a.path for a in client.list_artifacts(run.info.run_id, "features")} == {"features/card.json", "features/classifier.pt"}
+
+
+def test_runs_that_start_together_all_log_the_dataset(tmp_path):
+    """The pipeline starts its families' runs at once: the store's first-use insert of the
+    dataset row must not fail the ones that lose the race."""
+    uri = f"sqlite:///{tmp_path / 'race.db'}"
+    card = {"source": "digits", "shape": [1, 8, 8], "sha256": "ab" * 32, "counts": {"train": 1}, "num_classes": 10}
+    runs = [tracking.start_run("race", f"run-{i}", {}, {}, uri=uri) for i in range(6)]
+    barrier = threading.Barrier(len(runs))
+
+    def log(run_id: str) -> None:
+        barrier.wait()
+        tracking.log_dataset(run_id, card, tmp_path, uri=uri)
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        list(pool.map(log, runs))
+    client = MlflowClient(uri)
+    assert all(len(client.get_run(r).inputs.dataset_inputs) == 1 for r in runs)

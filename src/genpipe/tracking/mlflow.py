@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
@@ -121,7 +122,14 @@ def log_dataset(run_id: str, card: dict[str, Any], path: Path | str, context: st
                "num_classes": card["num_classes"]}
     dataset = Dataset(name=f"{card['source']}-{shape}", digest=card["sha256"][:16], source_type="local",
                       source=Path(path).resolve().as_uri(), profile=json.dumps(profile))
-    client(uri).log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+    inputs = [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])]
+    try:
+        client(uri).log_inputs(run_id, inputs)
+    except MlflowException:
+        # the store creates an experiment's dataset row on first use, not atomically: runs that
+        # start together (the pipeline's families) can collide on it; by now it exists
+        time.sleep(0.5)
+        client(uri).log_inputs(run_id, inputs)
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, uri: str | None = None) -> None:
@@ -156,11 +164,19 @@ class MlflowTrainLogger:
         self._client.log_image(self.run_id, make_grid(images), key="samples", step=step)
 
 
-def start_pipeline_run(cfg, dataset: str) -> str:
-    """The parent run of one pipeline run; family runs nest under it."""
+def start_pipeline_run(cfg, card: dict[str, Any]) -> str:
+    """The parent run of one pipeline run, with the prepared dataset (``card``) as its input;
+    family runs nest under it."""
     params = flatten_params({k: v for k, v in cfg.to_dict().items() if k not in cfg.families})
-    tags = {"genpipe.kind": "pipeline", "genpipe.git_commit": git_commit(), "genpipe.families": ",".join(cfg.families)}
-    return start_run(cfg.tracking.experiment, f"pipeline-{dataset}", params, tags)
+    tags = {"genpipe.kind": "pipeline", "genpipe.git_commit": git_commit(), "genpipe.families": ",".join(cfg.families),
+            "genpipe.dataset_sha256": card["sha256"]}
+    run_id = start_run(cfg.tracking.experiment, f"pipeline-{card['source']}", params, tags)
+    try:
+        log_dataset(run_id, card, cfg.paths.data)
+    except Exception:
+        end_run(run_id, ok=False)
+        raise
+    return run_id
 
 
 def finish_pipeline_run(run_id: str, metrics_by_family: dict[str, dict], ok: bool,

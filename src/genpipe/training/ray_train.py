@@ -13,6 +13,7 @@ Resuming inside one ``fit`` (a worker died) comes from ``ray.train.get_checkpoin
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -138,6 +139,7 @@ def _worker(config: dict[str, Any]) -> None:
     if os.path.isdir(config["cwd"]):  # relative paths in params.yaml mean the driver's folder
         os.chdir(config["cwd"])
     cfg = Config.model_validate(config["config"])
+    _quiet_report_log()
     world = RayWorld(interactive=config.get("interactive", False))
     configure_cpu(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     resume = None
@@ -157,6 +159,17 @@ def _worker(config: dict[str, Any]) -> None:
         meta=config["meta"],
         resume=resume,
     )
+
+
+def _quiet_report_log() -> None:
+    """Ray Train 2.60 logs every ``ray.train.report`` at INFO ("Reporting training result ...")
+    under a logger named by its file path, which ``LoggingConfig``'s filter (``ray.train.*``)
+    does not match: that one logger goes to WARNING on the worker."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another layout: nothing to quiet
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 _INIT_LOCK = threading.Lock()  # the pipeline trains families in concurrent threads

@@ -174,7 +174,6 @@ def train_family(
         tags = {"genpipe.family": family, "genpipe.dataset_sha256": card["sha256"], "genpipe.git_commit": tracking.git_commit(),
                 "genpipe.role": "stability-replicate" if replicate else "model"}
         run_id = tracking.start_run(cfg.tracking.experiment, run_name, run_params(cfg, family), tags, parent_run_id, uri)
-        tracking.log_dataset(run_id, card, cfg.paths.data, uri=uri)
     meta = {
         "family": family,
         "config": cfg.to_dict(),
@@ -185,6 +184,8 @@ def train_family(
     t0 = time.perf_counter()
     ok = False
     try:
+        if resume_state is None:
+            tracking.log_dataset(run_id, card, cfg.paths.data, uri=uri)
         if cfg.train.runner == "local" or get_family(family).trainer == "fit":  # EM is not data-parallel
             # train.threads is the local runner's; a fitted family under Ray fits in the caller's
             # process (the flow's, with pipeline.threads), whose threads it leaves alone

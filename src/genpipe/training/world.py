@@ -73,8 +73,9 @@ class MilestoneLog:
     def _line(self) -> None:
         self._printed = self.n
         pct = 100.0 * self.n / max(self.total, 1)
-        print(f"{self.desc}: {self.n}/{self.total} {self.unit} ({pct:.0f} %) {self.postfix}".rstrip(),
-              file=sys.stderr, flush=True)
+        # a write, not print(): Ray Train's workers patch print() to log as well, which doubles each line
+        sys.stderr.write(f"{self.desc}: {self.n}/{self.total} {self.unit} ({pct:.0f} %) {self.postfix}".rstrip() + "\n")
+        sys.stderr.flush()
 
     def __enter__(self) -> MilestoneLog:
         return self
