@@ -23,7 +23,8 @@ $(STAMP): pyproject.toml constraints.txt
 # prepare -> features + train -> evaluate -> generate -> report, then `dvc commit` so `dvc status` is clean.
 run: $(STAMP)
 	$(BIN)/python -m flows.pipeline
-	@echo "browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db, then open"
+	@echo "  http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
 
 # The same pipeline through DVC (does nothing when `make run` already produced everything).
 repro: $(STAMP)
