@@ -45,5 +45,7 @@ def test_the_fid_spread_across_training_seeds_names_the_least_stable_family():
 
 
 def test_cells_mark_what_a_column_means_for_their_row():
-    row = {"model": "gan", "images_per_s": 1234.0, "bpd": 3.5, "bpd_kind": "bound"}
-    assert _cell(row, "bpd").endswith(" (bound)") and _cell({"bpd": 2.7, "bpd_kind": "exact"}, "bpd") == "2.7"
+    row = {"model": "gan", "images_per_s": 1234.0, "bits_per_dim": 3.5, "bits_per_dim_is": "bound"}
+    assert _cell(row, "bits_per_dim").endswith(" (bound)")
+    assert _cell({"bits_per_dim": 2.7, "bits_per_dim_is": "exact"}, "bits_per_dim") == "2.7"
+    assert _cell({"kid": 0.0123}, "kid") == "12.3" and _cell({"images_per_s": 5771.4}, "images_per_s") == "5771"

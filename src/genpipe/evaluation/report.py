@@ -31,7 +31,7 @@ from typing import Any
 from genpipe.config import Config
 from genpipe.errors import InputError
 from genpipe.evaluation.report_plots import loss_histories, write_plots
-from genpipe.evaluation.summary import provenance_path, quality_summary, sampler_name
+from genpipe.evaluation.summary import family_summary, provenance_path, quality_summary, sampler_name
 from genpipe.storage import atomic_write_bytes
 
 QUESTIONS = (
@@ -104,34 +104,18 @@ def _same_extractor(metrics: dict[str, dict[str, Any]], real: dict[str, Any], cf
 
 
 def _rows(metrics: dict, real: dict) -> list[dict[str, Any]]:
+    """The table's rows: each family's figures under the keys of ``metrics/<family>.json``
+    (:func:`family_summary`), its sweep settings, and the real-data row."""
     rows = []
     for family, m in metrics.items():
-        q, sp, tr, ll = m["quality"], m["speed"], m["training"], m.get("likelihood")
-        rows.append({
-            "model": family,
-            "sampler": sampler_name(m.get("sampling")) or "—",
-            "fid": q["fid"], "kid": q["kid"], "precision": q["precision"], "recall": q["recall"],
-            "density": q["density"], "coverage": q["coverage"],
-            "is": q.get("inception_score"), "classes": q.get("classes_covered"), "class_kl": q.get("class_kl"),
-            "sharpness": q["sharpness_ratio"], "nn_ratio": q["memorisation"]["ratio"],
-            "bpd": None if ll is None else ll["bits_per_dim"],
-            "bpd_kind": None if ll is None else ("exact" if ll["kind"] == "exact" else "bound"),
-            "images_per_s": sp["images_per_s"], "nfe": sp["nfe"],
-            "train_s": tr.get("seconds"), "steps": tr.get("steps"),
-            "fid_seeds": _seed_spread(m.get("seeds")),
-            "fid_seed_mean": (m.get("seeds") or {}).get("fid_mean"), "fid_seed_std": (m.get("seeds") or {}).get("fid_std"),
-            "n": q["num_samples"], "seed": q.get("seed"), "checkpoint": m["checkpoint_sha256"][:12],
-        })
+        rows.append({**family_summary(m), "model": family, "sampler": sampler_name(m.get("sampling")) or "—",
+                     "fid_seeds": _seed_spread(m.get("seeds")), "seed": m["quality"].get("seed"),
+                     "checkpoint": m["checkpoint_sha256"][:12]})
         for r in m.get("sweep") or []:  # its own (smaller) n: marked in the row, not only in the n column
             rows.append({"model": family, "sampler": f"{sampler_name(r['sampling'])} (sweep, n={r['num_samples']})",
-                         "fid": r["fid"], "kid": r["kid"], "precision": r["precision"], "recall": r["recall"],
-                         "nfe": r["nfe"], "images_per_s": r["images_per_s"], "n": r["num_samples"], "seed": r["seed"],
-                         "checkpoint": m["checkpoint_sha256"][:12], "sweep": True})
-    rows.append({"model": "real (test split)", "sampler": "—", "fid": real["fid"], "kid": real["kid"],
-                 "precision": real["precision"], "recall": real["recall"], "density": real["density"],
-                 "coverage": real["coverage"], "is": real.get("inception_score"), "classes": real.get("classes_covered"),
-                 "class_kl": real.get("class_kl"), "sharpness": real["sharpness_ratio"],
-                 "nn_ratio": real["memorisation"]["ratio"], "n": real["num_samples"]})
+                         **{k: r[k] for k in ("fid", "kid", "precision", "recall", "nfe", "images_per_s", "seed")},
+                         "num_samples": r["num_samples"], "checkpoint": m["checkpoint_sha256"][:12], "sweep": True})
+    rows.append({"model": "real (test split)", "sampler": "—", **quality_summary(real)})
     return rows
 
 
@@ -142,13 +126,13 @@ def _seed_spread(seeds: dict | None) -> str | None:
     return f"{seeds['fid_mean']:.3g} ± {seeds['fid_std']:.2g} ({len(seeds['fid'])} seeds)"
 
 
-COLUMNS = [  # (key, header)
+COLUMNS = [  # (key, header); the keys of metrics/<family>.json (genpipe.evaluation.summary)
     ("model", "model"), ("sampler", "sampler"), ("fid", "FID ↓"), ("kid", "KID ×10³ ↓"), ("precision", "precision ↑"),
-    ("recall", "recall ↑"), ("density", "density"), ("coverage", "coverage ↑"), ("is", "IS ↑"),
-    ("classes", "classes"), ("class_kl", "class KL ↓"), ("sharpness", "sharpness / real"),
-    ("nn_ratio", "NN-dist ratio"), ("bpd", "bits/dim ↓"), ("images_per_s", "images/s ↑"), ("nfe", "NFE"),
-    ("train_s", "train s"), ("steps", "steps"), ("fid_seeds", "FID over training seeds"), ("n", "n"),
-    ("checkpoint", "checkpoint"),
+    ("recall", "recall ↑"), ("density", "density"), ("coverage", "coverage ↑"), ("inception_score", "IS ↑"),
+    ("classes_covered", "classes"), ("class_kl", "class KL ↓"), ("sharpness_ratio", "sharpness / real"),
+    ("nn_dist_ratio", "NN-dist ratio"), ("bits_per_dim", "bits/dim ↓"), ("images_per_s", "images/s ↑"), ("nfe", "NFE"),
+    ("train_seconds", "train s"), ("train_steps", "steps"), ("fid_seeds", "FID over training seeds"),
+    ("num_samples", "n"), ("checkpoint", "checkpoint"),
 ]
 SCALE = {"kid": 1e3}  # column key -> factor the table shows it multiplied by (the files keep the raw value)
 
@@ -175,7 +159,7 @@ def _cell(row: dict[str, Any], key: str) -> str:
     if key in SCALE and isinstance(value, (int, float)):
         value = float(value) * SCALE[key]
     text = _fmt(value)
-    if key == "bpd" and row.get("bpd_kind") == "bound":
+    if key == "bits_per_dim" and row.get("bits_per_dim_is") == "bound":
         text += " (bound)"
     return text
 

@@ -24,7 +24,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from genpipe.evaluation.grid import make_grid
 
 MAX_PARAM_LEN = 500  # MLflow's limit on a param value
-# the UI opens an experiment of this kind on its training runs (not the GenAI traces view)
+# the experiment's type in MLflow 3's UI (its selector shows it); the UI still starts in GenAI mode
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
 

@@ -31,7 +31,7 @@ from torch import nn
 
 from genpipe.errors import InputError
 from genpipe.training.checkpoint import LAST, load_checkpoint, save_checkpoint
-from genpipe.training.world import MilestoneLog, configure_cpu, interactive
+from genpipe.training.world import MilestoneLog, configure_cpu, interactive, progress_bar
 
 CKPT_FILE = "checkpoint.pt"
 
@@ -54,12 +54,6 @@ class _RayBar:
 
     def close(self) -> None:
         self.bar.close()
-
-
-class _NoBar:
-    def set_postfix(self, **kw: Any) -> None: ...
-    def update(self, n: int = 1) -> None: ...
-    def close(self) -> None: ...
 
 
 class RayWorld:
@@ -95,8 +89,8 @@ class RayWorld:
         return (t / self.world_size).cpu()
 
     def progress(self, total: int, initial: int, desc: str) -> Any:
-        if self.rank != 0:
-            return _NoBar()
+        if self.rank != 0:  # one bar per family: rank 0's
+            return progress_bar(total, desc, "step", initial, enabled=False)
         return _RayBar(total, initial, desc) if self.interactive else MilestoneLog(total, initial, desc)
 
 

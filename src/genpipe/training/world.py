@@ -58,8 +58,9 @@ class MilestoneLog:
         self.postfix = ""
         self._printed = initial
 
-    def set_postfix(self, **kw: Any) -> None:
-        self.postfix = " ".join(f"{k}={v}" for k, v in kw.items())
+    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any) -> None:
+        """tqdm's signature; ``refresh`` means nothing here (a line is written at the milestones)."""
+        self.postfix = " ".join(f"{k}={v}" for k, v in {**(ordered_dict or {}), **kw}.items())
 
     def update(self, n: int = 1) -> None:
         before, self.n = self.n, self.n + n
