@@ -10,8 +10,7 @@ its random initialisation). From one x_T (16 images, seed 0) it is sampled with
 
 - genpipe's ``ddim_sample`` (eta = 0) and ``dpm_solver_pp_sample``, with the model's denoiser
   ("after": x0_hat and eps_hat formed directly from the network's output, in float64), and
-  with the float32 v -> eps -> x0 round trip genpipe used before ("before", kept below as
-  :func:`round_trip_denoiser`, the same arithmetic as the old ``call_eps`` / ``predict_x0``);
+  with a float32 v -> eps -> x0 round trip ("before": :func:`round_trip_denoiser`);
 - diffusers' ``DDIMScheduler`` and ``DPMSolverMultistepScheduler`` (dpmsolver++, order 2,
   midpoint) with genpipe's betas (``trained_betas``) and genpipe's float64 alpha-bar put in
   place of the float32 cumulative product diffusers computes from them, the same prediction
@@ -36,10 +35,10 @@ from pathlib import Path
 
 import torch
 
-from genpipe.config import DiffusionConfig, DiffusionSamplingConfig
+from genpipe.models.diffusion.config import DiffusionConfig, DiffusionSamplingConfig
 from genpipe.data.sources import load_digits_source
 from genpipe.models.base import ImageSpec
-from genpipe.models.diffusion import Diffusion, build_diffusion
+from genpipe.models.diffusion.model import Diffusion, build_diffusion
 from genpipe.samplers import Denoised, DenoiseFn
 from genpipe.samplers.ddim import ddim_sample
 from genpipe.samplers.dpm_solver import dpm_solver_pp_sample
@@ -74,7 +73,7 @@ def trained_model(prediction: str, steps: int, seed: int = 0) -> Diffusion:
 
 
 def round_trip_denoiser(model: Diffusion) -> DenoiseFn:
-    """The old path: eps from the output in float32, then x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)."""
+    """The round trip: eps from the output in float32, then x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)."""
     abar = model.process.alphas_cumprod
 
     def denoise(x: torch.Tensor, t: torch.Tensor) -> Denoised:

@@ -16,13 +16,14 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 import tasks
+from genpipe.config import load_config
 
 ARTIFACT_KEY = "genpipe-batch-generation"  # one key: the UI keeps every job's table under it
 
 
 @flow(name="genpipe-batch-generation", log_prints=True)
 def batch_generation(
-    family: str | None = "vae",
+    family: str | None = None,
     run_id: str | None = None,
     n: int = 64,
     seed: int = 0,
@@ -31,7 +32,10 @@ def batch_generation(
     params: str = "params.yaml",
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Generate ``n`` images from a family's checkpoint (or an MLflow run's) into ``out``."""
+    """Generate ``n`` images from a family's checkpoint (or an MLflow run's) into ``out``;
+    ``family`` defaults to the first of params' ``families``."""
+    if family is None and run_id is None:
+        family = load_config(params, overrides or []).families[0]
     res = tasks.generate(params, overrides, family, run_id=run_id, n=n, out=out, seed=seed, labels=labels)
     get_run_logger().info("job %s: %d images under %s, manifest %s", res["job_id"], res["num_images"], res["out"],
                           res["manifest_uri"])
@@ -55,8 +59,8 @@ def summary_markdown(res: dict[str, Any], family: str | None, run_id: str | None
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="Batch-generate images as a Prefect flow run.")
-    p.add_argument("--family", default="vae")
+    p = argparse.ArgumentParser(description="Batch-generate images in one Prefect run.")
+    p.add_argument("--family", default=None, help="default: the first of params' families")
     p.add_argument("--run-id", default=None)
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)

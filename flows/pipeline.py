@@ -20,7 +20,8 @@ import tasks
 from genpipe.config import load_config
 from genpipe.evaluation.report import plain
 from genpipe.tracking.dvc import is_dvc_repo
-from genpipe.training.world import configure_cpu
+from genpipe.results import EvaluationResult
+from genpipe.runtime import configure_cpu
 
 
 @flow(name="genpipe-pipeline", log_prints=True)
@@ -33,7 +34,7 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
     logger.info("dataset %s %s sha256 %s", card["source"], card["counts"], card["sha256"][:12])
     parent = tasks.start_pipeline_run(params, overrides)
     ok = False
-    metrics: dict[str, dict] = {}
+    metrics: dict[str, EvaluationResult] = {}
     report: dict[str, Any] = {}
     try:
         retries = cfg.pipeline.task_retries
@@ -46,7 +47,7 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
         queue = [(f, s) for s in seeds for f in cfg.families]
         slots = cfg.pipeline.concurrent_trainings or len(queue)
         if cfg.train.runner == "local" and slots > 1:  # in this process's threads: one GIL
-            logger.info("train.runner=local trains in the flow's own process: one family at a time")
+            logger.info("train.runner=local trains in this process: one family at a time")
             slots = 1
         runs: dict[tuple[str, int], Any] = {}
         running: list[Any] = []
@@ -80,9 +81,9 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
     return {
         "mlflow_parent_run_id": parent,
         "dataset": card,
-        "metrics": {f: m["likelihood"] for f, m in metrics.items()},
+        "metrics": {f: r.likelihood.model_dump() if r.likelihood is not None else None for f, r in metrics.items()},
         "seconds": {
-            f: {"train": outcomes[f]["seconds"], "evaluate": metrics[f]["seconds"], "generate": images[f]["seconds"]}
+            f: {"train": outcomes[f]["seconds"], "evaluate": metrics[f].seconds, "generate": images[f]["seconds"]}
             for f in cfg.families
         },
         "generated": {f: {k: g[k] for k in ("out", "manifest_uri", "num_images")} for f, g in images.items()},
@@ -92,7 +93,7 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="Run the genpipe training pipeline as a Prefect flow.")
+    p = argparse.ArgumentParser(description="Run the genpipe training pipeline on Prefect.")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()

@@ -9,8 +9,17 @@ from typing import Any
 from prefect import Task, task
 from prefect.client.schemas.objects import State, TaskRun
 
+from genpipe import tracking
 from genpipe.config import Config, load_config
+from genpipe.data import prepare_dataset, read_card
 from genpipe.errors import InputError
+from genpipe.evaluation.stage import evaluate_family
+from genpipe.evaluation.features import train_feature_net
+from genpipe.evaluation.report import write_report
+from genpipe.generation import generate_images
+from genpipe.results import EvaluationResult
+from genpipe.tracking.dvc import commit_pipeline
+from genpipe.training import train_family
 
 RETRIES = 1  # default; the pipeline flow sets pipeline.task_retries from params.yaml
 RETRY_DELAY = 10  # seconds
@@ -33,17 +42,12 @@ def _cfg(params: str, overrides: list[str] | None) -> Config:
 
 @task(name="start-pipeline-run", task_run_name="start-pipeline-run")
 def start_pipeline_run(params: str, overrides: list[str] | None) -> str:
-    from genpipe import tracking
-    from genpipe.data import read_card
-
     cfg = _cfg(params, overrides)
     return tracking.start_pipeline_run(cfg, read_card(cfg.paths.data))
 
 
 @task(name="prepare", task_run_name="prepare")
 def prepare(params: str, overrides: list[str] | None) -> dict[str, Any]:
-    from genpipe.data import prepare_dataset
-
     card = prepare_dataset(_cfg(params, overrides))
     return {k: card[k] for k in ("source", "shape", "counts", "sha256")}
 
@@ -51,31 +55,23 @@ def prepare(params: str, overrides: list[str] | None) -> dict[str, Any]:
 @task(name="train", task_run_name="train-{family}-seed{seed}", **RETRYING)
 def train(params: str, overrides: list[str] | None, family: str, parent_run_id: str | None,
           seed: int | None = None) -> dict[str, Any]:
-    from genpipe.training import train_family
-
     out = train_family(_cfg(params, overrides), family, parent_run_id=parent_run_id, seed=seed)
     return {**asdict(out), "checkpoint": str(out.checkpoint)}
 
 
 @task(name="features", task_run_name="features", **RETRYING)
 def features(params: str, overrides: list[str] | None, parent_run_id: str | None = None) -> dict[str, Any]:
-    from genpipe.evaluation.features import train_feature_net
-
     return train_feature_net(_cfg(params, overrides), progress=False, parent_run_id=parent_run_id)
 
 
 @task(name="report", task_run_name="report")
 def report(params: str, overrides: list[str] | None) -> dict[str, Any]:
-    from genpipe.evaluation.report import write_report
-
     out = write_report(_cfg(params, overrides))
     return {k: out[k] for k in ("markdown", "html", "verdict")}
 
 
 @task(name="evaluate", task_run_name="evaluate-{family}")
-def evaluate(params: str, overrides: list[str] | None, family: str) -> dict[str, Any]:
-    from genpipe.evaluation import evaluate_family
-
+def evaluate(params: str, overrides: list[str] | None, family: str) -> EvaluationResult:
     return evaluate_family(_cfg(params, overrides), family)
 
 
@@ -84,21 +80,15 @@ def generate(
     params: str, overrides: list[str] | None, family: str | None, run_id: str | None = None, n: int | None = None,
     out: str | None = None, seed: int | None = None, labels: str | None = None,
 ) -> dict[str, Any]:
-    from genpipe.generation import generate_images
-
     res = generate_images(_cfg(params, overrides), family, run_id=run_id, n=n, out=out, seed=seed, labels=labels)
     return asdict(res)
 
 
 @task(name="finish-pipeline-run", task_run_name="finish-pipeline-run")
-def finish_pipeline_run(run_id: str, metrics: dict[str, dict], ok: bool, report_files: list[str] | None = None) -> None:
-    from genpipe import tracking
-
+def finish_pipeline_run(run_id: str, metrics: dict[str, EvaluationResult], ok: bool, report_files: list[str] | None = None) -> None:
     tracking.finish_pipeline_run(run_id, metrics, ok, report_files)
 
 
 @task(name="record-with-dvc", task_run_name="record-with-dvc")
 def record_with_dvc(repo: str = ".") -> list[str]:
-    from genpipe.tracking.dvc import commit_pipeline
-
     return commit_pipeline(Path(repo))

@@ -20,7 +20,7 @@ TINY = {
     },
     "vae": {"latent_dim": 4, "channels": [8, 16]},
     "evaluate": {"grid_samples": 16, "num_samples": 48, "kid_subsets": 5, "kid_subset_size": 24,
-                 "batch_size": 12, "sweep_samples": 24, "diffusion_sweep": []},
+                 "batch_size": 12, "sweep_samples": 24, "sweep": {}},
     "features": {"steps": 150, "width": 8, "feature_dim": 16, "batch_size": 32, "lr": 1.0e-2},
     "profiles": {"quick": {}, "full": {"train": {"steps": 100}}},
 }

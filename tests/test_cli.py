@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from genpipe.training.checkpoint import load_checkpoint
+from genpipe.artifacts import load_checkpoint
 
 
 def genpipe(*args: str) -> subprocess.CompletedProcess:

@@ -14,8 +14,9 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from genpipe.config import load_config
-from genpipe.data import load_split, prepare_dataset, to_uint8
-from genpipe.evaluation import load_trained
+from genpipe.data import load_split, prepare_dataset
+from genpipe.images import to_uint8
+from genpipe.artifacts import load_trained
 from genpipe.training import train_family
 
 CASES = {

@@ -18,13 +18,13 @@ import torch
 
 from genpipe.config import load_config
 from genpipe.data import prepare_dataset
-from genpipe.evaluation import evaluate_family
+from genpipe.evaluation.stage import evaluate_family
 from genpipe.evaluation.features import train_feature_net
 from genpipe.evaluation.report import write_report
 from genpipe.generation import generate_images
 from genpipe.storage import sha256_file
 from genpipe.training import train_family
-from genpipe.training.checkpoint import load_checkpoint
+from genpipe.artifacts import load_checkpoint
 from genpipe.tracking.dvc import commit_pipeline, pipeline_status
 from tests.conftest import TINY, write_params
 
@@ -135,12 +135,15 @@ def test_status_clean_repro_does_nothing_and_reproduces_on_a_fresh_copy(committe
     write_params(repo, params(21))
     assert set(pipeline_status(repo)) == {"train@vae"}
     write_params(repo, params(20))
-    # and changed sampling code makes the stages that sample stale, not training
-    sampler = repo / "src/genpipe/samplers/ddim.py"
-    original = sampler.read_text()
-    sampler.write_text(original + "\n# changed\n")
-    assert set(pipeline_status(repo)) == {"evaluate@vae", "generate@vae"}
-    sampler.write_text(original)
+    # and changed code makes exactly the stages that import it stale (tests/test_structure.py
+    # checks the deps against the imports): the report's rendering, the batch generator
+    for path, stale in (("src/genpipe/evaluation/render.py", {"report"}),
+                        ("src/genpipe/generation/batch.py", {"evaluate@vae", "generate@vae"})):
+        code = repo / path
+        original = code.read_text()
+        code.write_text(original + "\n# changed\n")
+        assert set(pipeline_status(repo)) == stale, path
+        code.write_text(original)
     assert pipeline_status(repo) == {}
 
     # a fresh copy without outputs: `dvc repro` reproduces them with the same content

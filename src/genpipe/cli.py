@@ -13,10 +13,13 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from typing import get_args
+from pathlib import Path
 
 from genpipe import __version__
+from genpipe.config import load_config
 from genpipe.errors import InputError
+from genpipe.models import FAMILIES
+from genpipe.runtime import reuse_freed_memory
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -28,9 +31,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from genpipe.config import FamilyName
-
-    families = sorted(get_args(FamilyName))
+    families = sorted(FAMILIES)
     common = OneLineParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     common.add_argument(
@@ -68,12 +69,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from genpipe.config import load_config
-
     cfg = load_config(args.params, args.overrides)  # validated before anything is written
-    from genpipe.training.world import reuse_freed_memory
-
     reuse_freed_memory()  # every stage computes with torch on the CPU somewhere
+    # each stage imports only its own module below: Ray, MLflow and matplotlib cost seconds to import
     if args.stage == "prepare":
         from genpipe.data import prepare_dataset
 
@@ -94,14 +92,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         card = train_feature_net(cfg)
         print(f"feature network {card['id']}: test accuracy {card['test_accuracy']:.4f} -> {cfg.paths.models}/features")
     elif args.stage == "evaluate":
-        from genpipe.evaluation import evaluate_family
+        from genpipe.evaluation.stage import evaluate_family
 
-        metrics = evaluate_family(cfg, args.family)
-        q = metrics["quality"]
-        print(json.dumps({"family": metrics["family"], "likelihood": metrics["likelihood"],
-                          "fid": q["fid"], "precision": q["precision"], "recall": q["recall"],
-                          "images_per_s": metrics["speed"]["images_per_s"], "extractor": q["extractor_id"],
-                          "samples_png": metrics["samples_png"]}, indent=2))
+        result = evaluate_family(cfg, args.family)
+        q = result.quality
+        print(json.dumps({"family": result.family,
+                          "likelihood": result.likelihood.model_dump() if result.likelihood is not None else None,
+                          "fid": q.fid, "precision": q.precision, "recall": q.recall,
+                          "images_per_s": result.speed.images_per_s, "extractor": q.extractor_id,
+                          "samples_png": result.samples_png}, indent=2))
     elif args.stage == "report":
         from genpipe.evaluation.report import plain, write_report
 
@@ -109,8 +108,6 @@ def run(argv: Sequence[str] | None = None) -> int:
         print("\n".join(plain(line) for line in out["verdict"]))
         print(f"wrote {out['markdown']} and {out['html']}")
     elif args.stage == "latents":
-        from pathlib import Path
-
         from genpipe.generation.latents import latent_walks
 
         paths = latent_walks(cfg, args.family, *args.seeds, args.steps, Path(args.out) if args.out else None)

@@ -16,26 +16,21 @@ a typo in ``profiles.full`` fails on a laptop rather than on the GPU host.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, NonNegativeInt, SecretStr, ValidationError, create_model, field_validator, model_validator
 
 from genpipe.errors import InputError
+from genpipe.models import FAMILIES, Family
+from genpipe.sections import FamilyConfig, Section
 
 DEFAULT_PARAMS = Path("params.yaml")
 INCEPTION_FEATURE_DIM = 2048  # the FID Inception-v3's pool3 width (features.extractor=inception)
-FamilyName = Literal["vae", "gmm", "flow", "gan", "pixelcnn", "diffusion"]  # the sections below, one per family
-SUBSCALE = 2  # pixelcnn.ordering=subscale: the image as SUBSCALE x SUBSCALE interleaved slices
-
-
-class Section(BaseModel):
-    """Base for every config section: frozen, unknown keys refused."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class PathsConfig(Section):
@@ -60,7 +55,7 @@ class TrainConfig(Section):
     use_gpu: bool = False  # one GPU per Ray worker (NCCL); CPU workers use gloo
     device: Literal["auto", "cpu", "cuda"] = "auto"  # local runner only; auto = cuda if present
     # auto: bf16 autocast where the device computes bf16 natively (a GPU from Ampere on; a CPU with AVX512-BF16
-    # or AMX), else fp32; each family may set its own (PixelCNN and the flow keep fp32)
+    # or AMX), else fp32; each family may set its own
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     steps: int = Field(2000, ge=1)  # optimizer steps in total (each phase of a family)
     batch_size: int = Field(64, ge=1)  # per worker
@@ -107,8 +102,9 @@ class EvaluateConfig(Section):
     kid_subset_size: int = Field(500, ge=2)
     pr_k: int = Field(3, ge=1)  # k of improved precision and recall (Kynkaanniemi et al. 2019)
     dc_k: int = Field(5, ge=1)  # k of density and coverage (Naeem et al. 2020)
-    # diffusion: FID against NFE, each entry overriding diffusion.sampling, on sweep_samples images
-    diffusion_sweep: tuple[dict[str, Any], ...] = ()
+    # per family with a sampling section: settings scored beside the main one (FID against NFE),
+    # each entry overriding <family>.sampling, on sweep_samples images
+    sweep: dict[str, tuple[dict[str, Any], ...]] = {}
     sweep_samples: int = Field(500, ge=2)
 
     @model_validator(mode="after")
@@ -155,192 +151,18 @@ class PipelineConfig(Section):
     record_with_dvc: bool = True  # after a run on unmodified params, `dvc commit` what it made
 
 
-class FamilyConfig(Section):
-    """Fields every trainable family has: its optimizer."""
-
-    conditional: bool = False  # learn p(x | y) from the dataset labels; sample takes labels
-    steps: int | None = Field(None, ge=1)  # this family's optimizer steps; None = train.steps
-    batch_size: int | None = Field(None, ge=1)  # this family's batch per worker; None = train.batch_size
-    precision: Literal["auto", "fp32", "bf16"] | None = None  # this family's; None = train.precision
-    lr: float = Field(1e-3, gt=0.0, le=1.0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(0.0, ge=0.0)
-
-    @field_validator("betas")
-    @classmethod
-    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not all(0.0 <= b < 1.0 for b in v):
-            raise ValueError("each beta must be in [0, 1)")
-        return v
-
-
-class VAEConfig(FamilyConfig):
-    """Convolutional VAE (Kingma & Welling 2014) with a discretised-logistic decoder."""
-
-    latent_dim: int = Field(20, ge=1)  # size of z
-    channels: tuple[int, ...] = Field((32, 64), min_length=1)  # conv widths, one per 2x downsample
-    kl_weight: float = Field(1.0, gt=0.0)  # 1.0 is the ELBO; other values give a beta-VAE
-    iwae_samples: int = Field(64, ge=1)  # k of the importance-weighted bound used as its likelihood
-    # p(z): N(0, I) | VampPrior (Tomczak & Welling 2018; params.yaml's choice). "standard" when
-    # absent, so checkpoints written before the option existed load as what they are
-    prior: Literal["standard", "vamp"] = "standard"
-    pseudo_inputs: int = Field(25, ge=1)  # K learned pseudo-inputs of the VampPrior
-
-
-class GMMConfig(FamilyConfig):
-    """Gaussian mixture on pixels after PCA (the classical baseline), fitted by EM."""
-
-    components: int = Field(10, ge=1)  # mixture components (per class when conditional)
-    covariance: Literal["full", "diag"] = "full"
-    pca_components: int = Field(0, ge=0)  # K principal directions; 0 = no PCA (all pixels)
-    reg_covar: float = Field(1e-4, gt=0.0)  # added to covariance diagonals (stability)
-    max_iter: int = Field(200, ge=1)  # EM iterations
-    dequantization_samples: int = Field(4, ge=1)  # uniform-noise draws when evaluating log p
-
-
-class FlowSamplingConfig(Section):
-    """How the flow samples: the temperature of its Gaussian latents."""
-
-    temperature: float = Field(0.7, ge=0.0, le=2.0)  # eps scale; 0 = mean image path, 1 = the model's density
-
-
-class FlowConfig(FamilyConfig):
-    """Glow-style multi-scale flow (Kingma & Dhariwal 2018) trained by maximum likelihood."""
-
-    lr: float = Field(5e-3, gt=0.0, le=1.0)  # FamilyConfig has 1e-3; flows here train stably (clip 1.0) and faster at 5e-3
-    # one entry per scale (squeeze + that many steps + split); H and W must divide by 2**len
-    steps_per_level: tuple[PositiveInt, ...] = Field((4, 4, 4), min_length=1, max_length=8)
-    hidden: int = Field(64, ge=1)  # width of each coupling's conv net
-    coupling: Literal["affine", "additive"] = "affine"  # additive = NICE (volume preserving)
-    input_transform: Literal["logit", "identity"] = "logit"  # RealNVP's logit of the pixels, or none (Glow)
-    logit_alpha: float = Field(0.05, gt=0.0, lt=0.5)  # logit(alpha + (1 - 2 alpha) p) keeps the edges finite
-    eval_dequant_samples: int = Field(4, ge=1)  # uniform-noise draws per image in log_likelihood
-    sampling: FlowSamplingConfig = FlowSamplingConfig()
-
-
-class GANSamplingConfig(Section):
-    """How ``sample`` draws z."""
-
-    # None: z ~ N(0, I). t > 0: each z_i ~ N(0, 1) conditioned on |z_i| <= t, the law of
-    # BigGAN's truncation trick (redraw while |z_i| > t); smaller t trades diversity for fidelity.
-    truncation: float | None = Field(None, gt=0.0)
-
-
-class GANConfig(FamilyConfig):
-    """DCGAN (Radford et al. 2016) trained as a non-saturating, hinge or WGAN-GP game.
-
-    ``lr`` is the step size of both players; ``lr_g`` / ``lr_d`` override it for one of them
-    (two time-scale updates, Heusel et al. 2017). The loop's warm-up and cosine decay apply
-    to both. There is one D step per G step (the loop runs each phase once per batch).
-    """
-
-    lr: float = Field(2e-4, gt=0.0, le=1.0)  # Adam step size of both players unless lr_g / lr_d is set
-    betas: tuple[float, float] = (0.5, 0.999)  # DCGAN's; WGAN-GP's paper uses (0.0, 0.9)
-    lr_g: float | None = Field(None, gt=0.0, le=1.0)  # generator step size; None = lr
-    lr_d: float | None = Field(None, gt=0.0, le=1.0)  # discriminator step size; None = lr (TTUR: lr_d > lr_g)
-    latent_dim: int = Field(64, ge=1)  # size of z
-    g_width: int = Field(32, ge=1)  # G channels at half the image side, doubled at each coarser level
-    d_width: int = Field(32, ge=1)  # D channels after its first stride-2 conv, doubled at each level
-    loss: Literal["non_saturating", "hinge", "wgan_gp"] = "non_saturating"  # the game: gan_losses.D_LOSSES / G_LOSSES
-    # D's normalisation after its first layer; "none" without spectral_norm collapsed to one
-    # digit in a quick run, "layer" (GroupNorm(1)) is what WGAN-GP's paper suggests for its critic
-    d_norm: Literal["batch", "layer", "none"] = "batch"
-    spectral_norm: bool = False  # W / sigma(W) on every D layer (Miyato et al. 2018)
-    gp_weight: float = Field(10.0, ge=0.0)  # lambda of the gradient penalty (wgan_gp only)
-    sampling: GANSamplingConfig = GANSamplingConfig()
-
-    @model_validator(mode="after")
-    def _penalty_needs_per_image_critic(self) -> GANConfig:
-        if self.loss == "wgan_gp" and self.d_norm == "batch":
-            raise ValueError("d_norm batch does not go with loss wgan_gp (batch norm mixes the images "
-                             "of a batch, so the per-image gradient penalty is not the critic's); use layer or none")
-        return self
-
-
-class PixelCNNSamplingConfig(Section):
-    """How the sequential sampler draws each sub-pixel."""
-
-    temperature: float = Field(1.0, gt=0.0)  # softmax temperature: <1 sharper (cleaner, less varied), 1 = the model
-
-
-class PixelCNNConfig(FamilyConfig):
-    """Gated PixelCNN (van den Oord et al. 2016); per sub-pixel a 256-way softmax or a
-    discretised logistic mixture (Salimans et al. 2017)."""
-
-    lr: float = Field(2e-2, gt=0.0, le=1.0)  # high, for a few hundred steps; ~1e-3 for long runs
-    hidden_channels: int = Field(16, ge=1)  # feature maps per stack (2x that before the gates)
-    num_layers: int = Field(7, ge=1)  # gated layers, the first of mask type A
-    first_kernel_size: int = Field(7, ge=3)  # kernel of the first (type A) layer, odd
-    kernel_size: int = Field(3, ge=3)  # kernel of the type-B layers, odd
-    dilations: tuple[PositiveInt, ...] = Field((1,), min_length=1)  # of the type-B layers, cycled (1: the paper's)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the horizontal stack's gated output
-    position_bias: Literal["rows_and_columns", "none"] = "rows_and_columns"  # learnt gate bias per row and column
-    output: Literal["categorical", "logistic_mixture"] = "logistic_mixture"  # the distribution of each sub-pixel
-    # raster: the paper's order | subscale: the image as 2x2-interleaved slices, one after another
-    # (Menick & Kalchbrenner 2019), each slice raster-ordered and biased by the slices before it
-    ordering: Literal["raster", "subscale"] = "subscale"
-    context_channels: int = Field(32, ge=1)  # ordering=subscale: width of the context network
-    context_layers: int = Field(3, ge=1)  # ordering=subscale: its 3x3 convolutions
-    # ordering=subscale: the first slice drawn by the shared network (with the context of no
-    # slice) or by a separate raster network of the same size (SPN's separate first decoder)
-    first_slice: Literal["shared", "separate"] = "shared"
-    # ordering=subscale: of the 3 later slices, how many are teacher-forced per image and
-    # training step beside the first, drawn at random and weighted 3/n: an unbiased estimate
-    # of the loss at (1 + n)/4 of its cost; 3 = all of them (the exact loss every step)
-    fill_slices: int = Field(3, ge=1, le=SUBSCALE**2 - 1)
-    mixtures: int = Field(5, ge=1)  # output=logistic_mixture: logistic components per sub-pixel
-    sampling: PixelCNNSamplingConfig = PixelCNNSamplingConfig()
-
-    @field_validator("first_kernel_size", "kernel_size")
-    @classmethod
-    def _odd(cls, v: int) -> int:
-        if v % 2 == 0:
-            raise ValueError("kernel sizes must be odd")
-        return v
-
-
-class DiffusionSamplingConfig(Section):
-    """How to sample a trained diffusion model; chosen at generation time."""
-
-    sampler: Literal["ddpm", "ddim", "dpm_solver++"] = "ddim"  # ddpm always runs all T steps
-    steps: int = Field(50, ge=1)  # network evaluations of ddim / dpm_solver++ (<= timesteps)
-    eta: float = Field(0.0, ge=0.0, le=1.0)  # ddim noise: 0 deterministic, 1 DDPM-like
-    spacing: Literal["uniform", "quadratic"] = "uniform"  # how ddim / dpm_solver++ pick timesteps
-    guidance_scale: float = Field(1.0, ge=0.0)  # classifier-free guidance; 1.0 = off (conditional only)
-    clip_denoised: Literal["static", "none"] = "static"  # clamp each x0 prediction to [-1, 1]
-
-
-class DiffusionConfig(FamilyConfig):
-    """DDPM with a small U-Net; the quick profile is these defaults."""
-
-    lr: float = Field(2e-3, gt=0.0, le=1.0)
-    timesteps: int = Field(1000, ge=2)  # T of the forward process
-    schedule: Literal["linear", "cosine"] = "cosine"  # beta schedule
-    prediction: Literal["epsilon", "v"] = "v"  # what the network regresses (v: cleaner samples early on)
-    loss_weighting: Literal["uniform", "min_snr"] = "uniform"  # min_snr: Hang et al. 2023, gamma = 5
-    channels: int = Field(16, ge=8)  # base width of the U-Net
-    channel_mults: tuple[int, ...] = Field((1, 2, 2), min_length=1)  # width per level; 2x down between
-    num_res_blocks: int = Field(1, ge=1)  # ResBlocks per level (down path)
-    attention_levels: tuple[int, ...] = (2,)  # levels (indices into channel_mults) with self-attention
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    p_uncond: float = Field(0.1, ge=0.0, le=1.0)  # label dropout for classifier-free guidance
-    vlb_timesteps: int = Field(50, ge=1)  # stratified timesteps per image of the likelihood bound (>= T-1: all)
-    sampling: DiffusionSamplingConfig = DiffusionSamplingConfig()
-
-    @model_validator(mode="after")
-    def _steps_within_timesteps(self) -> DiffusionConfig:
-        if self.sampling.sampler != "ddpm" and self.sampling.steps > self.timesteps:
-            raise ValueError(f"sampling.steps={self.sampling.steps} exceeds timesteps={self.timesteps}")
-        return self
-
-
 class Config(Section):
+    """The whole of params.yaml. Each registered family's section (``vae:``, ...) is a field of
+    the subclass :func:`config_type` builds from the registry, so a family added to
+    :data:`genpipe.models.FAMILIES` brings its section with it."""
+
     profile: str = "quick"  # name of the entry in `profiles` to apply
     seed: int = Field(0, ge=0)
     # extra training seeds: each family is also trained with each of these (models/<family>/seeds/<s>/),
     # and the report gives the spread of FID over `seed` and these (training stability)
     stability_seeds: tuple[NonNegativeInt, ...] = ()
-    families: tuple[FamilyName, ...] = Field(("vae",), min_length=1)  # trained by the pipeline
+    # trained by the pipeline; default: the first registered family
+    families: tuple[str, ...] = Field(default_factory=lambda: tuple(FAMILIES)[:1], min_length=1)
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
@@ -350,12 +172,6 @@ class Config(Section):
     generate: GenerateConfig = GenerateConfig()
     storage: StorageConfig = StorageConfig()
     pipeline: PipelineConfig = PipelineConfig()
-    vae: VAEConfig = VAEConfig()
-    gmm: GMMConfig = GMMConfig()
-    diffusion: DiffusionConfig = DiffusionConfig()
-    pixelcnn: PixelCNNConfig = PixelCNNConfig()
-    gan: GANConfig = GANConfig()
-    flow: FlowConfig = FlowConfig()
 
     @field_validator("stability_seeds")
     @classmethod
@@ -365,11 +181,21 @@ class Config(Section):
             raise ValueError(f"must be distinct and differ from seed ({seeds[0]})")
         return v
 
+    @field_validator("families")
+    @classmethod
+    def _registered(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if unknown := [f for f in v if f not in FAMILIES]:
+            raise ValueError(f"unknown family {unknown[0]!r} (known: {', '.join(FAMILIES)})")
+        return v
+
+    def __reduce__(self):  # pickles by value: the class is built at run time from the registry
+        return validate_config, (self.model_dump(),)
+
     def family(self, name: str) -> FamilyConfig:
         """The typed section of one family, e.g. ``cfg.family("vae")``."""
-        section = getattr(self, name, None)
+        section = getattr(self, name, None) if name in FAMILIES else None
         if not isinstance(section, FamilyConfig):
-            raise InputError(f"unknown family {name!r} (known: {', '.join(FAMILY_NAMES)})")
+            raise InputError(f"unknown family {name!r} (known: {', '.join(FAMILIES)})")
         return section
 
     def train_for(self, name: str) -> TrainConfig:
@@ -378,19 +204,26 @@ class Config(Section):
         own = {k: getattr(fam, k) for k in ("steps", "batch_size", "precision") if getattr(fam, k) is not None}
         return self.train.model_copy(update=own)
 
-    def sweep_settings(self) -> list[DiffusionSamplingConfig]:
-        """``evaluate.diffusion_sweep`` as ``diffusion.sampling`` settings (each entry overrides
-        it), each checked against the diffusion model (e.g. steps <= timesteps); an
+    def sweep_settings(self, name: str) -> list[Section]:
+        """``evaluate.sweep.<name>`` as the family's ``sampling`` settings (each entry overrides
+        it), each checked against the family's section (e.g. steps <= timesteps); an
         :class:`InputError` names the entry. Checked when params load, used by evaluation."""
-        base, out = self.diffusion.sampling, []
-        for i, entry in enumerate(self.evaluate.diffusion_sweep):
+        entries = self.evaluate.sweep.get(name, ())
+        if not entries:
+            return []
+        fam, key = self.family(name), f"evaluate.sweep.{name}"
+        base = getattr(fam, "sampling", None)
+        if base is None:
+            raise InputError(f"{key}: the {name} family has no sampling settings to sweep")
+        out = []
+        for i, entry in enumerate(entries):
             try:
                 options = type(base).model_validate(base.model_dump() | dict(entry))
-                type(self.diffusion).model_validate(self.diffusion.model_dump() | {"sampling": options.model_dump()})
+                type(fam).model_validate(fam.model_dump() | {"sampling": options.model_dump()})
             except ValidationError as err:
                 first = err.errors()[0]
                 where = ".".join(str(p) for p in first["loc"])
-                raise InputError(f"evaluate.diffusion_sweep[{i}]: {where + ': ' if where else ''}{first['msg']}") from None
+                raise InputError(f"{key}[{i}]: {where + ': ' if where else ''}{first['msg']}") from None
             out.append(options)
         return out
 
@@ -404,7 +237,7 @@ class Config(Section):
         more samples than k. An :class:`InputError` names the key."""
         e, dim = self.evaluate, self.feature_dim()
         counts = [("evaluate.num_samples", e.num_samples)]
-        if e.diffusion_sweep:  # scored whenever diffusion is evaluated
+        if any(e.sweep.values()):  # scored whenever a swept family is evaluated
             counts.append(("evaluate.sweep_samples", e.sweep_samples))
         for key, n in counts:
             if n < dim:
@@ -426,9 +259,20 @@ class Config(Section):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
-FAMILY_NAMES: tuple[str, ...] = tuple(
-    name for name, f in Config.model_fields.items() if isinstance(f.default, FamilyConfig)
-)
+@functools.cache
+def _config_type(families: tuple[tuple[str, Family], ...]) -> type[Config]:
+    fields = {name: (spec.config_type, Field(default_factory=spec.config_type)) for name, spec in families}
+    return create_model("Config", __base__=Config, __module__=__name__, **fields)
+
+
+def config_type() -> type[Config]:
+    """:class:`Config` with a field per registered family (rebuilt when the registry grows)."""
+    return _config_type(tuple(FAMILIES.items()))
+
+
+def validate_config(tree: dict[str, Any]) -> Config:
+    """A resolved params tree (e.g. the ``config`` saved in a checkpoint) as a :class:`Config`."""
+    return config_type().model_validate(tree)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -469,16 +313,22 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 def _validate(tree: dict[str, Any], where: str, prefix: str = "") -> Config:
     try:
-        cfg = Config.model_validate(tree)
+        cfg = validate_config(tree)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = prefix + ".".join(str(p) for p in err["loc"])
         # a section's own check (model_validator) names its keys: no dump of the whole section
         got = "" if err["type"] == "extra_forbidden" or isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
         more = f" [+{exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
+        loc = [str(p) for p in err["loc"]]
+        if err["type"] == "extra_forbidden" and len(loc) == 2 and loc[0] == "evaluate" and loc[1].endswith("_sweep"):
+            got = f" (now evaluate.sweep.{loc[1].removesuffix('_sweep')})"  # the key before sweeps were per family
         raise InputError(f"{where}: {key}: {err['msg']}{got}{more}") from None
     try:
-        cfg.sweep_settings()  # entries that span two sections: fail now, not after training
+        for name in cfg.evaluate.sweep:  # entries that span two sections: fail now, not after training
+            if name not in FAMILIES:
+                raise InputError(f"evaluate.sweep.{name}: unknown family (known: {', '.join(FAMILIES)})")
+            cfg.sweep_settings(name)
         cfg.check_sample_counts()
     except InputError as exc:
         raise InputError(f"{where}: {prefix}{exc}") from None

@@ -15,10 +15,11 @@ from PIL import Image
 from genpipe.config import load_config
 from genpipe.data import prepare_dataset
 from genpipe.errors import InputError
-from genpipe.evaluation import evaluate_family, heldout_likelihood, load_trained, make_grid
+from genpipe.artifacts import load_trained
+from genpipe.evaluation.stage import evaluate_family, heldout_likelihood
+from genpipe.images import make_grid
 from genpipe.evaluation.features import train_feature_net
 from genpipe.evaluation.speed import TimedSamples, sample_timed, sampling_speed
-from genpipe.evaluation.summary import family_summary
 from genpipe.models import sampling_options
 from genpipe.models.base import LogLikelihood
 from genpipe.storage import sha256_file
@@ -39,9 +40,9 @@ class UniformModel(torch.nn.Module):
 def test_bits_per_dim_of_a_uniform_model_is_exactly_8():
     images = torch.randint(0, 256, (37, 3, 4, 5), dtype=torch.uint8)
     result = heldout_likelihood(UniformModel(), images, torch.zeros(37, dtype=torch.long), batch_size=10)
-    assert result["bits_per_dim"] == pytest.approx(8.0, abs=1e-12)
-    assert result["nll_nats"] == pytest.approx(60 * math.log(256.0))
-    assert result["kind"] == "exact"
+    assert result.bits_per_dim == pytest.approx(8.0, abs=1e-12)
+    assert result.nll_nats == pytest.approx(60 * math.log(256.0))
+    assert result.kind == "exact"
 
 
 def test_make_grid_tiles_and_scales():
@@ -78,11 +79,12 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri, mon
     with pytest.raises(InputError, match="run `genpipe features` first"):
         evaluate_family(cfg, "vae")
     card = train_feature_net(cfg, progress=False)
-    metrics = evaluate_family(cfg, "vae")
+    result = evaluate_family(cfg, "vae")
+    metrics = result.record()
 
     assert json.loads((project / "metrics/vae.provenance.json").read_text()) == metrics  # the full record
     summary = json.loads((project / "metrics/vae.json").read_text())  # the DVC metrics: flat figures
-    assert summary == family_summary(metrics) and summary["fid"] == metrics["quality"]["fid"]
+    assert summary == result.summary() and summary["fid"] == metrics["quality"]["fid"] == result.quality.fid
     assert summary["bits_per_dim"] == metrics["likelihood"]["bits_per_dim"] and summary["bits_per_dim_is"] == "bound"
     assert not [k for k, v in summary.items() if isinstance(v, (dict, list)) or "sha256" in k]
     ll = metrics["likelihood"]
@@ -140,7 +142,7 @@ def test_evaluate_writes_metrics_and_grid_and_logs_them(project, mlflow_uri, mon
         return sample(self, n, *args, **kwargs)
 
     monkeypatch.setattr(type(model), "sample", counting)
-    again = evaluate_family(cfg, "vae")
+    again = evaluate_family(cfg, "vae").record()
     assert drawn == [12, 12, 12, 12]
     assert again["likelihood"] == ll
     assert again["quality"]["fid"] == q["fid"] and again["quality"]["kid"] == q["kid"]
@@ -159,7 +161,7 @@ def test_stability_seeds_train_replicates_and_report_the_fid_spread(project, mlf
     assert main.exists() and replicate.exists() and sha256_file(main) != sha256_file(replicate)
     assert json.loads((project / "models/vae/seeds/1/config.json").read_text())["seed"] == 1
 
-    metrics = evaluate_family(cfg, "vae")
+    metrics = evaluate_family(cfg, "vae").record()
     seeds = metrics["seeds"]
     assert seeds["training_seeds"] == [0, 1] and seeds["checkpoint_sha256"] == [sha256_file(main), sha256_file(replicate)]
     assert seeds["fid"][0] == metrics["quality"]["fid"]  # the model itself is the first replicate
@@ -185,26 +187,31 @@ def test_diffusion_sampler_sweep_rows_and_the_reused_main_setting(in_trained):
 
     overrides = ["diffusion.timesteps=20", "diffusion.channels=8", "diffusion.channel_mults=[1,2]",
                  "diffusion.attention_levels=[]", "diffusion.sampling.steps=5", "evaluate.sweep_samples=24",
-                 "evaluate.diffusion_sweep=[{sampler: ddim, steps: 5}, {sampler: dpm_solver++, steps: 4}, {sampler: ddpm}]"]
+                 "evaluate.sweep.diffusion=[{sampler: ddim, steps: 5}, {sampler: dpm_solver++, steps: 4}, {sampler: ddpm}]"]
     cfg = load_config("params.yaml", overrides)
     torch.manual_seed(0)
-    model = get_family("diffusion").build(cfg.diffusion, ImageSpec((1, 8, 8), 10)).eval()  # untrained: any net will do
+    model = get_family("diffusion").build(cfg.family("diffusion"), ImageSpec((1, 8, 8), 10)).eval()  # untrained: any net will do
     extractor = load_extractor(cfg)
     ref = load_reference(cfg, extractor)
     base = sampling_options(cfg, "diffusion")
     main = sample_timed(model, 40, base, cfg.seed, 16)
-    rows = sampler_sweep(cfg, model, base, extractor, ref, main)
-    assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows] == [("ddim", 5, 5), ("dpm_solver++", 4, 4), ("ddpm", None, 20)]
-    assert all(r["num_samples"] == 24 and r["extractor_id"] == extractor.id and r["seed"] == 0 for r in rows)
-    assert rows[0]["fid"] == M.frechet_distance(ref.train_features, extractor.features(main.images[:24], 16))
-    assert rows[0]["images_per_s"] == sampling_speed(model, base, main)["images_per_s"]  # the main setting's speed
-    assert len({r["fid"] for r in rows}) == 3
+    rows = sampler_sweep(cfg, "diffusion", model, base, extractor, ref, main)
+    assert [(r.sampler, r.setting, r.nfe) for r in rows] == [
+        ("ddim", "ddim-5", 5), ("dpm_solver++", "dpm_solver++-4", 4), ("ddpm", "ddpm", 20)]
+    assert all(r.num_samples == 24 and r.extractor_id == extractor.id and r.seed == 0 for r in rows)
+    assert rows[0].fid == M.frechet_distance(ref.train_features, extractor.features(main.images[:24], 16))
+    assert rows[0].images_per_s == sampling_speed(model, base, main)["images_per_s"]  # the main setting's speed
+    assert len({r.fid for r in rows}) == 3
 
     # a bad entry fails when params load (before any training), naming the entry
-    with pytest.raises(InputError, match=r"^params.yaml: evaluate.diffusion_sweep\[0\]: .*steps=50 exceeds timesteps=20"):
-        load_config("params.yaml", [*overrides[:-1], "evaluate.diffusion_sweep=[{sampler: ddim, steps: 50}]"])
-    with pytest.raises(InputError, match=r"^params.yaml: evaluate.diffusion_sweep\[1\]: sampler: Input should be 'ddpm', 'ddim'"):
-        load_config("params.yaml", [*overrides[:-1], "evaluate.diffusion_sweep=[{sampler: ddim}, {sampler: euler}]"])
+    with pytest.raises(InputError, match=r"^params.yaml: evaluate.sweep.diffusion\[0\]: .*steps=50 exceeds timesteps=20"):
+        load_config("params.yaml", [*overrides[:-1], "evaluate.sweep.diffusion=[{sampler: ddim, steps: 50}]"])
+    with pytest.raises(InputError, match=r"^params.yaml: evaluate.sweep.diffusion\[1\]: sampler: Input should be 'ddpm', 'ddim'"):
+        load_config("params.yaml", [*overrides[:-1], "evaluate.sweep.diffusion=[{sampler: ddim}, {sampler: euler}]"])
+    with pytest.raises(InputError, match=r"^params.yaml: evaluate.sweep.vae: the vae family has no sampling settings"):
+        load_config("params.yaml", [*overrides[:-1], "evaluate.sweep.vae=[{temperature: 1}]"])
+    with pytest.raises(InputError, match=r"^params.yaml: evaluate.sweep.nosuch: unknown family"):
+        load_config("params.yaml", [*overrides[:-1], "evaluate.sweep.nosuch=[{a: 1}]"])
 
 
 class _StubExtractor:

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-from genpipe.evaluation.report import _cell, _seed_spread, verdict
+from genpipe.evaluation.render import cell as _cell
+from genpipe.evaluation.report import _seed_spread, verdict
+from genpipe.results import EvaluationResult
 
 
-def family(fid: float, sharp: float = 1.0, ips: float = 100.0, bpd: float | None = None, seed_fids=None) -> dict:
-    m = {
-        "quality": {"fid": fid, "recall": 0.5, "coverage": 0.5, "classes_covered": 10, "class_kl": 0.01,
-                    "sharpness_ratio": sharp},
-        "speed": {"images_per_s": ips, "nfe": 1},
-        "likelihood": None if bpd is None else {"bits_per_dim": bpd, "kind": "exact" if bpd < 3.2 else "lower_bound"},
-    }
+def family(fid: float, sharp: float = 1.0, ips: float = 100.0, bpd: float | None = None, seed_fids=None,
+           name: str = "vae") -> EvaluationResult:
+    seeds = None
     if seed_fids:
         mean = sum(seed_fids) / len(seed_fids)
         sd = (sum((f - mean) ** 2 for f in seed_fids) / (len(seed_fids) - 1)) ** 0.5
-        m["seeds"] = {"fid": seed_fids, "fid_mean": mean, "fid_std": sd}
-    return m
+        seeds = {"training_seeds": list(range(len(seed_fids))), "fid": seed_fids, "fid_mean": mean, "fid_std": sd,
+                 "num_samples": 100, "sampling_seed": 0, "extractor_id": "x", "checkpoint_sha256": ["0"] * len(seed_fids)}
+    return EvaluationResult.model_validate({
+        "family": name, "split": "test", "num_images": 10, "samples_png": "s.png", "sampling": None, "seed": 0,
+        "dataset_sha256": "d", "checkpoint_sha256": "c", "checkpoint_step": 1, "mlflow_run_id": None, "figures": [],
+        "extractor": {"id": "x"}, "training": {"steps": 1},
+        "quality": {"extractor_id": "x", "num_samples": 100, "fid": fid, "kid": 0.0, "kid_std": 0.0, "precision": 0.5,
+                    "recall": 0.5, "density": 1.0, "coverage": 0.5, "classes_covered": 10, "class_kl": 0.01,
+                    "sharpness_ratio": sharp, "memorisation": {"ratio": 1.0}},
+        "speed": {"images_per_s": ips, "batch_size": 10, "timed_batches": 1, "warm_up_excluded": False, "nfe": 1,
+                  "device": "cpu", "threads": 1},
+        "likelihood": None if bpd is None else {"nll_nats": bpd, "bits_per_dim": bpd, "estimator": "e",
+                                                "kind": "exact" if bpd < 3.2 else "lower_bound"},
+        "seeds": seeds,
+    })
 
 
 def test_the_orderings_are_checked_not_asserted():
@@ -40,8 +51,8 @@ def test_the_fid_spread_across_training_seeds_names_the_least_stable_family():
     assert line.index("gan") < line.index("vae") and "the GAN's is **the largest**" in line
     stable_gan = {"gan": family(5.0, seed_fids=[5.0, 5.1, 4.9]), "vae": family(9.0, seed_fids=[9.0, 14.0, 6.0])}
     assert "the GAN's is **not the largest**" in "\n".join(verdict(stable_gan, {}))
-    assert _seed_spread(unstable_gan["gan"]["seeds"]) == "5.67 ± 3.1 (3 seeds)"
-    assert _seed_spread(None) is None
+    assert _seed_spread(unstable_gan["gan"]) == "5.67 ± 3.1 (3 seeds)"
+    assert _seed_spread(family(1.0)) is None
 
 
 def test_cells_mark_what_a_column_means_for_their_row():

@@ -21,7 +21,7 @@ from flows.deployments import GENERATION, PIPELINE, build_deployments
 from flows.generate import batch_generation
 from flows.pipeline import pipeline
 from genpipe.config import load_config
-from genpipe.evaluation import load_trained
+from genpipe.artifacts import load_trained
 from tests.conftest import TINY, write_params
 
 pytestmark = pytest.mark.ray

@@ -9,8 +9,8 @@ from PIL import Image
 
 from genpipe.cli import main
 from genpipe.config import load_config
-from genpipe.data import to_uint8
-from genpipe.evaluation import load_trained
+from genpipe.images import to_uint8
+from genpipe.artifacts import load_trained
 from genpipe.generation.latents import interpolation_images, slerp, traversal_images
 
 

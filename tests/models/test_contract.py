@@ -165,6 +165,10 @@ def test_conditional_models_take_labels_and_unconditional_ones_refuse_them(famil
     b = cond.sample(4, labels=torch.tensor([3, 3, 4, 4]), generator=torch.Generator().manual_seed(0))
     assert a.shape == (4, *SPEC.shape) and not torch.equal(a, b)  # the label changes the image
     assert cond.sample(3, generator=torch.Generator().manual_seed(0)).shape == (3, *SPEC.shape)
+    # one check for every family (models.base.check_labels): wrong count, out of range, negative
+    for bad in (torch.tensor([1, 2, 3]), torch.tensor([1, SPEC.num_classes]), torch.tensor([-1, 0])):
+        with pytest.raises(InputError, match=rf"^labels: expected 2 class ids in \[0, {SPEC.num_classes}\)"):
+            cond.sample(2, labels=bad, generator=torch.Generator().manual_seed(0))
 
 
 def test_latent_models_decode_their_prior_draws(family):

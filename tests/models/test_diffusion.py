@@ -10,7 +10,7 @@ import torch
 from genpipe.errors import InputError
 from genpipe.models.base import ImageSpec
 from genpipe.models.distributions import discretized_gaussian_log_prob
-from genpipe.models.diffusion import (
+from genpipe.models.diffusion.model import (
     DiffusionConfig,
     DiffusionSamplingConfig,
     GaussianDiffusion,

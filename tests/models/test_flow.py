@@ -11,9 +11,9 @@ from pydantic import ValidationError
 
 from genpipe.errors import InputError
 from genpipe.models.base import ImageSpec, LatentModel, LogLikelihood
-from genpipe.config import FlowConfig, FlowSamplingConfig
-from genpipe.models.flow import build_flow
-from genpipe.models.flow_layers import (
+from genpipe.models.flow.config import FlowConfig, FlowSamplingConfig
+from genpipe.models.flow.model import build_flow
+from genpipe.models.flow.layers import (
     ActNorm, Coupling, FlowStep, InvConv1x1, LogitTransform, squeeze, unsqueeze,
 )
 from genpipe.training.ema import make_ema

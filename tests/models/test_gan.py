@@ -11,9 +11,9 @@ from torch import nn
 
 from genpipe.errors import InputError
 from genpipe.models.base import ImageSpec, LatentModel
-from genpipe.config import GANConfig, GANSamplingConfig
-from genpipe.models.gan import build_gan, truncated_normal
-from genpipe.models.gan_losses import (
+from genpipe.models.gan.config import GANConfig, GANSamplingConfig
+from genpipe.models.gan.model import build_gan, truncated_normal
+from genpipe.models.gan.losses import (
     G_LOSSES,
     gradient_penalty,
     hinge_d_loss,

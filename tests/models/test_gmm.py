@@ -10,10 +10,10 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture
 
-from genpipe.config import GMMConfig
+from genpipe.models.gmm.config import GMMConfig
 from genpipe.errors import InputError
 from genpipe.models import ImageSpec
-from genpipe.models.gmm import BIN, build_gmm
+from genpipe.models.gmm.model import BIN, build_gmm
 from tests.models.test_contract import assert_draws_match_moments
 
 SPEC = ImageSpec((1, 2, 3), num_classes=2)  # D = 6

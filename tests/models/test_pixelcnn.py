@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from genpipe.errors import InputError
 from genpipe.models.base import ImageSpec
 from genpipe.models.nets.masked import channel_groups
-from genpipe.models.pixelcnn import (
+from genpipe.models.pixelcnn.model import (
     LEVEL_VALUES, PixelCNNConfig, PixelCNNSamplingConfig, build_pixelcnn, inverse_cdf_draw, logistic_mixture_log_prob,
     to_levels,
 )

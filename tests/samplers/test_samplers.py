@@ -14,7 +14,7 @@ import math
 import pytest
 import torch
 
-from genpipe.models.diffusion import cosine_alphas_cumprod, linear_alphas_cumprod
+from genpipe.models.diffusion.model import cosine_alphas_cumprod, linear_alphas_cumprod
 from genpipe.samplers import SAMPLERS, Denoised, run_sampler, sampler_timesteps, timestep_sequence
 from genpipe.samplers.ddim import ddim_sample
 from genpipe.samplers.ddpm import ddpm_sample

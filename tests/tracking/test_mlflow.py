@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from genpipe import tracking
 from genpipe.config import resolve
-from genpipe.training.checkpoint import load_checkpoint
+from genpipe.artifacts import load_checkpoint
 from genpipe.training.stage import ran_params, run_params
 from tests.conftest import TINY
 

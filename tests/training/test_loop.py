@@ -14,7 +14,7 @@ from genpipe.config import load_config
 from genpipe.data import prepare_dataset
 from genpipe.errors import InputError
 from genpipe.training import train_family
-from genpipe.training.checkpoint import load_checkpoint, save_checkpoint
+from genpipe.artifacts import load_checkpoint, save_checkpoint
 from genpipe.training.ema import ema_decay_at, make_ema
 from genpipe.training.loop import _phase_step, batch_indices, lr_factor, resolve_precision
 from genpipe.training.stage import LocalCheckpointer
@@ -203,7 +203,7 @@ def test_cuda_bf16_training_and_device_independent_sampling(project):
     prepare_dataset(cfg)
     out = train_family(cfg, "vae")
     assert out.losses["loss"] < 10 and torch.isfinite(torch.tensor(out.losses["loss"]))
-    from genpipe.evaluation import load_trained
+    from genpipe.artifacts import load_trained
 
     cpu_model, _ = load_trained(cfg, "vae", "cpu")
     gpu_model, _ = load_trained(cfg, "vae", "cuda")
@@ -214,7 +214,7 @@ def test_cuda_bf16_training_and_device_independent_sampling(project):
 
 _FAULTS = """
 import ctypes, resource, sys, torch
-from genpipe.training.world import reuse_freed_memory
+from genpipe.runtime import reuse_freed_memory
 libc = ctypes.CDLL("libc.so.6")
 libc.mallopt(-3, 128 * 1024)  # glibc's initial mmap threshold, held fixed: a known starting point
 libc.mallopt(-1, 128 * 1024)  # and its initial trim threshold

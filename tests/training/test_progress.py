@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 
-from genpipe.training import world
-from genpipe.training.world import MilestoneLog, interactive, progress_bar
+from genpipe import runtime
+from genpipe.runtime import MilestoneLog, interactive, progress_bar
 
 
 def test_milestones_are_a_line_per_tenth_and_one_at_the_end(capsys):
@@ -27,7 +27,7 @@ def test_milestones_are_a_line_per_tenth_and_one_at_the_end(capsys):
 def test_a_terminal_gets_a_bar_a_log_or_ci_gets_milestones(monkeypatch):
     tty = io.StringIO()
     tty.isatty = lambda: True  # type: ignore[method-assign]
-    monkeypatch.setattr(world.sys, "stderr", tty)
+    monkeypatch.setattr(runtime.sys, "stderr", tty)
     monkeypatch.delenv("CI", raising=False)
     assert interactive() and not isinstance(progress_bar(10, "x", "step"), MilestoneLog)
     monkeypatch.setenv("CI", "true")
@@ -35,7 +35,7 @@ def test_a_terminal_gets_a_bar_a_log_or_ci_gets_milestones(monkeypatch):
     monkeypatch.setenv("CI", "false")
     assert interactive()
     log = io.StringIO()
-    monkeypatch.setattr(world.sys, "stderr", log)  # a log file
+    monkeypatch.setattr(runtime.sys, "stderr", log)  # a log file
     monkeypatch.delenv("CI")
     assert not interactive()
     with progress_bar(10, "x", "step") as shown:

@@ -10,9 +10,9 @@ from ray.util.state import list_actors
 
 from genpipe.config import load_config
 from genpipe.data import prepare_dataset
-from genpipe.evaluation import load_trained
+from genpipe.artifacts import load_trained
 from genpipe.training import train_family
-from genpipe.training.checkpoint import load_checkpoint
+from genpipe.artifacts import load_checkpoint
 
 pytestmark = pytest.mark.ray
 

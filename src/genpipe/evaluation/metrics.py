@@ -35,8 +35,11 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
+import scipy.linalg
 import torch
 from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from genpipe.errors import InputError
 
@@ -170,8 +173,6 @@ def frechet_distance_from_stats(
     if method == "eigvals":
         cross = float(torch.linalg.eigvals(s1 @ s2).sqrt().real.sum())
     elif method == "sqrtm":
-        import scipy.linalg
-
         a, b = s1.numpy(), s2.numpy()
         root = scipy.linalg.sqrtm(a @ b)
         if not np.isfinite(root).all():
@@ -202,8 +203,6 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor, batch_size: int = 1
     Raises :class:`InputError` naming ``key`` (the setting behind the sample count) when
     either set has fewer rows than D: its covariance would be singular and the estimate meaningless.
     """
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
     real, fake = _pair(real, fake)
     dim = real.shape[1]
     for which, n in (("generated", fake.shape[0]), ("real", real.shape[0])):
@@ -256,8 +255,6 @@ def kernel_inception_distance(
     The features are used in float64. Unlike FID, KID is not translation invariant, so the
     features are passed unshifted.
     """
-    from torchmetrics.image.kid import KernelInceptionDistance
-
     real, fake = _pair(real, fake)
     n = min(real.shape[0], fake.shape[0])
     if n < 2:

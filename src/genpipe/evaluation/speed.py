@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from genpipe.data import to_uint8
+from genpipe.images import to_uint8
 from genpipe.models.base import network_evaluations
 
 

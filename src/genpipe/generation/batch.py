@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -30,16 +31,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from PIL import Image
 
-from genpipe.config import Config, StorageConfig
-from genpipe.data import read_card, to_uint8
+from genpipe import tracking
+from genpipe.artifacts import FINAL, load_checkpoint, load_model, trained_checkpoint
+from genpipe.config import Config, StorageConfig, validate_config
+from genpipe.data import read_card
 from genpipe.errors import InputError
+from genpipe.images import encode_png, to_uint8
 from genpipe.models import sampling_options
+from genpipe.runtime import ensure_ray, progress_bar, reuse_freed_memory
 from genpipe.storage import sha256_file
 from genpipe.storage.objectstore import open_store, safe_key
-from genpipe.training.checkpoint import FINAL, family_dir, load_checkpoint, load_model
-from genpipe.training.world import reuse_freed_memory
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -106,15 +108,6 @@ def parse_labels(spec: str | None, n: int, num_classes: int) -> tuple[int, ...] 
     return tuple(values[i % len(values)] for i in range(n))
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    """(C, H, W) uint8 -> PNG bytes (greyscale for C=1, RGB for C=3); deterministic."""
-    c = image.shape[0]
-    pil = Image.fromarray(image[0] if c == 1 else image.transpose(1, 2, 0), mode="L" if c == 1 else "RGB")
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return buf.getvalue()
-
-
 class BatchGenerator:
     """Generates and stores whole batches of a job; a Ray Data actor or a plain callable.
 
@@ -173,8 +166,6 @@ def manifest_table(rows: list[dict[str, Any]]) -> pa.Table:
 
 
 def _run_local(kwargs: dict[str, Any], job: GenerationJob) -> list[dict[str, Any]]:
-    from genpipe.training.world import progress_bar
-
     gen = BatchGenerator(**kwargs)
     rows: list[dict[str, Any]] = []
     with progress_bar(job.n, f"generate {job.family}", "image") as bar:
@@ -185,9 +176,7 @@ def _run_local(kwargs: dict[str, Any], job: GenerationJob) -> list[dict[str, Any
 
 
 def _run_ray(kwargs: dict[str, Any], job: GenerationJob, num_workers: int, use_gpu: bool) -> list[dict[str, Any]]:
-    import ray.data
-
-    from genpipe.training.ray_train import ensure_ray
+    import ray.data  # deferred: only this runner needs Ray, and importing it costs seconds
 
     ensure_ray()
     ds = ray.data.from_items([{"batch": b} for b in range(job.num_batches)], override_num_blocks=job.num_batches)
@@ -205,11 +194,7 @@ def _run_ray(kwargs: dict[str, Any], job: GenerationJob, num_workers: int, use_g
 def resolve_checkpoint(cfg: Config, family: str | None, run_id: str | None, workdir: Path) -> tuple[Path, str]:
     """The checkpoint to generate from: an MLflow run's ``checkpoint`` artifact, or
     ``models/<family>/checkpoint.pt``. Returns (path, family)."""
-    from genpipe.models import get_family
-
     if run_id:
-        from genpipe import tracking
-
         try:
             path = Path(tracking.client().download_artifacts(run_id, f"checkpoint/{FINAL}", str(workdir)))
         except Exception as exc:
@@ -220,11 +205,7 @@ def resolve_checkpoint(cfg: Config, family: str | None, run_id: str | None, work
         return path, found
     if not family:
         raise InputError("--family or --run-id: say which model to generate from")
-    get_family(family)
-    path = family_dir(cfg.paths.models, family) / FINAL
-    if not path.exists():
-        raise InputError(f"{path}: no trained model; run `genpipe train --family {family}` first")
-    return path, family
+    return trained_checkpoint(cfg.paths.models, family), family
 
 
 def generate_images(
@@ -238,8 +219,6 @@ def generate_images(
     labels: str | None = None,  # None, "7", "1,2,3" or "balanced"
 ) -> GenerationResult:
     """Generate ``n`` images into ``out``; every input is checked before the first image."""
-    import tempfile
-
     gc = cfg.generate
     n, seed = n or gc.n, gc.seed if seed is None else seed
     if n < 1:
@@ -250,7 +229,7 @@ def generate_images(
         card = read_card(cfg.paths.data)
         label_list = parse_labels(labels, n, card["num_classes"])
         state = load_checkpoint(ckpt)
-        conditional = Config.model_validate(state["config"]).family(family).model_dump().get("conditional", False)
+        conditional = validate_config(state["config"]).family(family).conditional
         if label_list is not None and not conditional:
             raise InputError(f"--labels {labels}: the {family} model in {ckpt.name} is unconditional")
         store = open_store(out, cfg.storage)

@@ -1,6 +1,6 @@
 """Walks through a latent space: interpolations between seeds and single-dimension traversals.
 
-For families with a latent space (:class:`genpipe.models.base.LatentModel`: VAE, GAN, flow).
+For families with a latent space (:class:`genpipe.models.base.LatentModel`).
 Latents drawn from N(0, I) are interpolated spherically (slerp; White 2016, "Sampling
 Generative Networks", https://arxiv.org/abs/1609.04468): a straight line between two
 Gaussian draws passes through low-norm points the model rarely saw.
@@ -12,9 +12,15 @@ from pathlib import Path
 
 import torch
 
-from genpipe.data import to_uint8
-from genpipe.evaluation.grid import make_grid
+from PIL import Image
+
+from genpipe import tracking
+from genpipe.artifacts import load_trained
+from genpipe.errors import InputError
+from genpipe.images import encode_png, make_grid, to_uint8
+from genpipe.models import sampling_options
 from genpipe.models.base import LatentModel
+from genpipe.storage import atomic_write_bytes
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
@@ -45,10 +51,10 @@ def traversal_images(model: LatentModel, seed: int, steps: int = 10, max_dims: i
     """Row r sweeps one latent dimension across the central ``coverage`` of the prior's mass in
     that dimension, the other dimensions held at one drawn latent; the rows are the ``max_dims``
     dimensions whose sweep moves the image most, most first. None when the latent is not a flat
-    vector (a flow's latent is image-shaped).
+    vector (an image-shaped latent).
 
     The range comes from ``prior_draws`` draws of the model's own prior (its quantiles per
-    dimension), not a fixed [-3, 3]: under a VampPrior a dimension may spread far less or more
+    dimension), not a fixed [-3, 3]: under a learned prior a dimension may spread far less or more
     than N(0, 1), and a fixed range sweeps it off the prior into images the decoder never made.
     A dimension's movement is the path length of its sweep in pixel space (mean |change| per
     pixel, summed over the steps), so the rows shown are the dimensions the decoder uses, not
@@ -74,39 +80,33 @@ def traversal_images(model: LatentModel, seed: int, steps: int = 10, max_dims: i
     return to_uint8(images.view(z_dims, steps, *images.shape[1:])[order].flatten(0, 1))
 
 
-def write_latent_grids(model: LatentModel, folder: Path, seed_a: int = 0, seed_b: int = 1, steps: int = 10,
-                       options=None) -> list[Path]:
-    """interpolation.png (and traversal.png for flat latents) in ``folder``; the paths written."""
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    inter = interpolation_images(model, seed_a, seed_b, steps, options=options)
-    make_grid(inter, nrow=steps).save(folder / "interpolation.png")
-    written.append(folder / "interpolation.png")
+def latent_grids(model: LatentModel, seed_a: int = 0, seed_b: int = 1, steps: int = 10,
+                 options=None) -> dict[str, Image.Image]:
+    """The latent walks as grids: ``interpolation`` (and ``traversal`` for flat latents)."""
+    grids = {"interpolation": make_grid(interpolation_images(model, seed_a, seed_b, steps, options=options), nrow=steps)}
     trav = traversal_images(model, seed_a, steps, options=options)
     if trav is not None:
-        make_grid(trav, nrow=steps).save(folder / "traversal.png")
-        written.append(folder / "traversal.png")
-    return written
-
-
-__all__ = ["interpolation_images", "slerp", "traversal_images", "write_latent_grids"]
+        grids["traversal"] = make_grid(trav, nrow=steps)
+    return grids
 
 
 def latent_walks(cfg, family: str, seed_a: int, seed_b: int, steps: int, out: Path | None = None) -> list[Path]:
-    """The ``genpipe latents`` stage: grids for a trained family, logged to its MLflow run."""
-    from genpipe import tracking
-    from genpipe.errors import InputError
-    from genpipe.evaluation.stage import load_trained
-    from genpipe.models import sampling_options
-
+    """The ``genpipe latents`` stage: grids for a trained family in ``out`` (default
+    ``reports/latents/<family>``), logged to its MLflow run; the paths written."""
     model, state = load_trained(cfg, family)
     if not isinstance(model, LatentModel):
-        raise InputError(f"--family {family}: this family has no latent space (vae, gan and flow have)")
+        raise InputError(f"--family {family}: this family has no latent space to walk (its model is no LatentModel)")
     if steps < 2:
         raise InputError(f"--steps {steps}: an interpolation needs at least 2 steps")
     folder = out or Path("reports") / "latents" / family
-    written = write_latent_grids(model, folder, seed_a, seed_b, steps, sampling_options(cfg, family))
+    written = []
+    for name, grid in latent_grids(model, seed_a, seed_b, steps, sampling_options(cfg, family)).items():
+        written.append(folder / f"{name}.png")
+        atomic_write_bytes(written[-1], encode_png(grid))
     if run_id := state["meta"].get("mlflow_run_id"):
         for path in written:
             tracking.log_artifact(run_id, path, f"latents/seeds-{seed_a}-{seed_b}")
     return written
+
+
+__all__ = ["interpolation_images", "latent_grids", "latent_walks", "slerp", "traversal_images"]

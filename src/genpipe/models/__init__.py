@@ -1,8 +1,9 @@
 """Model families behind one interface, and the explicit registry of them.
 
-Adding a family: a module with its model and a ``FAMILY`` spec, its config section in
-:mod:`genpipe.config`, and one line in :data:`FAMILIES`. The contract tests in
-``tests/models/test_contract.py`` then run over it.
+Adding a family: a folder ``models/<family>/`` with its model, its config section and its
+``FAMILY`` spec (:class:`genpipe.models.base.Family`), one line in :data:`FAMILIES`, and its
+section in params.yaml. Nothing else names it: the config, the stages, the report and the
+contract tests in ``tests/models/test_contract.py`` ask the registry (docs/families.md).
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def register(family: Family) -> None:
+    """Add a family at run time (a plug-in, or a test's); its name is its params.yaml section."""
+    if not family.name.isidentifier() or family.name in FAMILIES:
+        raise ValueError(f"family name {family.name!r}: taken or not an identifier")
+    FAMILIES[family.name] = family
+
+
 def get_family(name: str) -> Family:
     """The registered family ``name``; :class:`InputError` naming the known ones otherwise."""
     try:
@@ -35,4 +43,5 @@ def sampling_options(cfg, family: str):
     return getattr(cfg.family(family), "sampling", None)
 
 
-__all__ = ["FAMILIES", "Family", "GenerativeModel", "ImageSpec", "LogLikelihood", "OptimizerGroup", "get_family", "sampling_options"]
+__all__ = ["FAMILIES", "Family", "GenerativeModel", "ImageSpec", "LogLikelihood", "OptimizerGroup", "get_family", "register",
+           "sampling_options"]

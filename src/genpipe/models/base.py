@@ -7,14 +7,15 @@ Families implement this protocol; they do not inherit behaviour from a base clas
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
-from genpipe.config import FamilyConfig
+from genpipe.errors import InputError
+from genpipe.sections import FamilyConfig, SamplingSection
 
 
 @dataclass(frozen=True)
@@ -133,13 +134,43 @@ def network_evaluations(model: nn.Module, options: Any = None) -> int:
 
 @dataclass(frozen=True)
 class Family:
-    """A registered family: its name, config section type and builder."""
+    """A registered family: what generic code (training, evaluation, the report) asks about it."""
 
     name: str
-    config_type: type[FamilyConfig]
+    config_type: type[FamilyConfig]  # its params.yaml section (models/<family>/config.py)
     build: Callable[[FamilyConfig, ImageSpec], nn.Module]
     summary: str
     trainer: Literal["gradient", "fit"] = "gradient"  # "fit": a FittedModel, trained in-process by fit()
+    # DDP's find_unused_parameters: set where a phase's loss leaves some parameters without a
+    # gradient (the GAN's generator phase never reaches the discriminator's)
+    unused_parameters: bool = False
+    # what the comparison report checks about this family: ``claims(results, losses)`` -> verdict
+    # lines, from every evaluated family's results (EvaluationResult by family) and training-loss
+    # curves ({family: {key: [(step, value)]}}); None: no claims of its own
+    claims: Callable[[Mapping[str, Any], Mapping[str, Any]], list[str]] | None = None
+
+    @property
+    def sampling_type(self) -> type[SamplingSection] | None:
+        """The type of its ``sampling`` section (settings chosen at generation time), or None."""
+        field = self.config_type.model_fields.get("sampling")
+        return None if field is None else field.annotation
+
+
+def check_labels(labels: torch.Tensor | None, n: int, *, num_classes: int, conditional: bool, family: str,
+                 device: torch.device | str | None = None) -> torch.Tensor | None:
+    """Labels to sample ``n`` images with: None for an unconditional model (which refuses labels);
+    for a conditional one ``labels`` checked to be (n,) class ids in [0, num_classes), or, when
+    absent, a balanced mix ``i % num_classes``. An :class:`InputError` says what is wrong."""
+    if not conditional:
+        if labels is not None:
+            raise InputError(f"labels: this {family} model is unconditional ({family}.conditional=false); "
+                             "sample without labels")
+        return None
+    labels = torch.arange(n) % num_classes if labels is None else torch.as_tensor(labels)
+    if labels.shape != (n,) or (n and (labels.min() < 0 or labels.max() >= num_classes)):
+        found = f"values {int(labels.min())}..{int(labels.max())}" if labels.numel() else "none"
+        raise InputError(f"labels: expected {n} class ids in [0, {num_classes}), got shape {tuple(labels.shape)}, {found}")
+    return labels.to(device=device, dtype=torch.long)
 
 
 def cpu_randn(shape: Iterable[int], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:

@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
 from genpipe.config import StorageConfig
 from genpipe.errors import InputError
 from genpipe.storage.atomic import atomic_write_bytes
@@ -91,8 +94,7 @@ class S3Store:
     """``s3://bucket/prefix`` through boto3, on AWS or any S3-compatible endpoint."""
 
     def __init__(self, bucket: str, prefix: str, cfg: StorageConfig):
-        import boto3
-        from botocore.config import Config as BotoConfig
+        import boto3  # deferred: only s3:// stores need it, and it takes a second to import
 
         self.bucket, self.prefix = bucket, prefix
         self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
@@ -117,8 +119,6 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def check(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
-
         probe = self._key(f".genpipe-write-check-{uuid.uuid4().hex}")
         try:
             self.client.head_bucket(Bucket=self.bucket)
@@ -146,8 +146,6 @@ class S3Store:
         return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
     def exists(self, key: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
             self.client.head_object(Bucket=self.bucket, Key=self._key(key))
             return True

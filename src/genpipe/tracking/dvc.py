@@ -17,7 +17,7 @@ def is_dvc_repo(root: Path) -> bool:
 
 def commit_pipeline(root: Path) -> list[str]:
     """``dvc commit --force`` every stage of ``root/dvc.yaml``; the stages committed."""
-    from dvc.repo import Repo
+    from dvc.repo import Repo  # deferred: DVC takes seconds to import, and only this bookkeeping needs it
 
     with Repo(str(root)) as repo:
         stages = repo.commit(target=None, force=True)
@@ -26,7 +26,7 @@ def commit_pipeline(root: Path) -> list[str]:
 
 def pipeline_status(root: Path) -> dict:
     """``dvc status`` of the pipeline: {} when every stage is up to date."""
-    from dvc.repo import Repo
+    from dvc.repo import Repo  # deferred: as above
 
     with Repo(str(root)) as repo:
         return repo.status()

@@ -21,7 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from genpipe.evaluation.grid import make_grid
+from genpipe.images import make_grid
+from genpipe.results import EvaluationResult
 
 MAX_PARAM_LEN = 500  # MLflow's limit on a param value
 # the experiment's type in MLflow 3's UI (its selector shows it); the UI still starts in GenAI mode
@@ -179,21 +180,17 @@ def start_pipeline_run(cfg, card: dict[str, Any]) -> str:
     return run_id
 
 
-def finish_pipeline_run(run_id: str, metrics_by_family: dict[str, dict], ok: bool,
+def finish_pipeline_run(run_id: str, results: dict[str, EvaluationResult], ok: bool,
                         report_files: list[str] | None = None) -> None:
     """Log each family's headline numbers (and the comparison report) on the parent run, then close it."""
     flat: dict[str, float] = {}
-    for family, m in metrics_by_family.items():
-        ll = (m or {}).get("likelihood") or {}
-        if "bits_per_dim" in ll:
-            flat[f"{family}.test_bits_per_dim"] = ll["bits_per_dim"]
-        q = (m or {}).get("quality") or {}
+    for family, r in results.items():
+        if r.likelihood is not None:
+            flat[f"{family}.test_bits_per_dim"] = r.likelihood.bits_per_dim
         for key in ("fid", "kid", "precision", "recall", "density", "coverage", "inception_score", "class_kl"):
-            if isinstance(q.get(key), (int, float)):
-                flat[f"{family}.{key}"] = q[key]
-        speed = (m or {}).get("speed") or {}
-        if "images_per_s" in speed:
-            flat[f"{family}.images_per_s"] = speed["images_per_s"]
+            if isinstance(value := getattr(r.quality, key), (int, float)):
+                flat[f"{family}.{key}"] = value
+        flat[f"{family}.images_per_s"] = r.speed.images_per_s
     if flat:
         log_metrics(run_id, flat)
     for path in report_files or []:

@@ -22,8 +22,9 @@ import torch
 from torch import nn
 
 from genpipe.config import TrainConfig
-from genpipe.data.dataset import ImageSplit, to_model_range, to_uint8
-from genpipe.training.checkpoint import FORMAT, rng_state, set_rng_state
+from genpipe.artifacts import checkpoint_state
+from genpipe.data import ImageSplit
+from genpipe.images import to_model_range, to_uint8
 from genpipe.training.ema import make_ema
 
 SAMPLE_GRID = 64  # images in the sample grids logged during training
@@ -35,7 +36,7 @@ class World(Protocol):
     rank: int
     world_size: int
 
-    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module: ...
+    def wrap(self, module: nn.Module, device: torch.device) -> nn.Module: ...  # DDP or not
     def all_gather(self, obj: Any) -> list[Any]: ...
     def mean(self, t: torch.Tensor) -> torch.Tensor: ...
     def progress(self, total: int, initial: int, desc: str) -> Any: ...
@@ -152,21 +153,18 @@ def _phase_step(step_module: nn.Module, opt: torch.optim.Optimizer, params: list
     return {**losses, "grad_norm": grad_norm}
 
 
-def _checkpoint_state(step: int, cfg: TrainConfig, model: nn.Module, ema: nn.Module, optimizers: dict,
-                      rngs: list, meta: dict[str, Any], world_size: int, seconds: float) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "family": meta.get("family"),
-        "step": step,
-        "total_steps": cfg.steps,
-        "train_seconds": seconds,  # wall-clock of the training loop up to this step, over resumes
-        "model": model.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
-        "rng": rngs,
-        "config": meta.get("config", {}),
-        "meta": {k: v for k, v in meta.items() if k != "config"} | {"world_size": world_size},
-    }
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's RNG states."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def train_loop(
@@ -238,7 +236,10 @@ def train_loop(
         if step % cfg.checkpoint_every == 0 or final:
             rngs = world.all_gather(rng_state(device))
             elapsed = seconds_before + time.perf_counter() - t0
-            state = (_checkpoint_state(step, cfg, model, ema, optimizers, rngs, meta, world.world_size, elapsed)
+            state = (checkpoint_state(family=meta.get("family"), step=step, total_steps=cfg.steps, seconds=elapsed,
+                                      model=model.state_dict(), ema=ema.state_dict(),
+                                      optimizers={p: o.state_dict() for p, o in optimizers.items()}, rngs=rngs,
+                                      meta=meta, world_size=world.world_size)
                      if world.rank == 0 else None)
             checkpointer.save(state, step, final=final, metrics=last)
     bar.close()

@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +25,17 @@ import ray.train
 import torch
 import torch.distributed as dist
 from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig, UserCallback
+from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 from ray.train.torch import TorchConfig, TorchTrainer
 from torch import nn
 
+from genpipe.artifacts import LAST, load_checkpoint, save_checkpoint
+from genpipe.config import validate_config
 from genpipe.errors import InputError
-from genpipe.training.checkpoint import LAST, load_checkpoint, save_checkpoint
-from genpipe.training.world import MilestoneLog, configure_cpu, interactive, progress_bar
+from genpipe.models import get_family
+from genpipe.runtime import MilestoneLog, configure_cpu, ensure_ray, interactive, local_cluster, progress_bar
+from genpipe.tracking import MlflowTrainLogger
+from genpipe.training.fit import fit
 
 CKPT_FILE = "checkpoint.pt"
 
@@ -40,10 +44,8 @@ class _RayBar:
     """tqdm_ray (renders on the driver) with tqdm's ``set_postfix``."""
 
     def __init__(self, total: int, initial: int, desc: str):
-        from ray.experimental.tqdm_ray import tqdm
-
         self.desc = desc
-        self.bar = tqdm(total=total, desc=desc, unit="step")
+        self.bar = ray_tqdm(total=total, desc=desc, unit="step")
         self.bar.update(initial)
 
     def set_postfix(self, **kw: Any) -> None:
@@ -60,17 +62,17 @@ class RayWorld:
     """One Ray Train worker's view: its rank, DDP wrapping, collectives; its progress shows on
     the driver as a bar when the driver is :func:`interactive`, else as milestone lines."""
 
-    def __init__(self, interactive: bool = False) -> None:
+    def __init__(self, interactive: bool = False, unused_parameters: bool = False) -> None:
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.interactive = interactive
+        self.unused_parameters = unused_parameters  # the family's Family.unused_parameters
 
     def wrap(self, module: nn.Module, device: torch.device) -> nn.Module:
         if self.world_size == 1:
             return module.to(device)
-        # a GAN's phases each leave the other network's parameters without gradients
         return ray.train.torch.prepare_model(
-            module, move_to_device=device, parallel_strategy_kwargs={"find_unused_parameters": True}
+            module, move_to_device=device, parallel_strategy_kwargs={"find_unused_parameters": self.unused_parameters}
         )
 
     def all_gather(self, obj: Any) -> list[Any]:
@@ -126,15 +128,12 @@ class CopyLatestCheckpoint(UserCallback):
 
 def _worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    from genpipe.config import Config
-    from genpipe.training.stage import fit
-    from genpipe.tracking import MlflowTrainLogger
-
     if os.path.isdir(config["cwd"]):  # relative paths in params.yaml mean the driver's folder
         os.chdir(config["cwd"])
-    cfg = Config.model_validate(config["config"])
+    cfg = validate_config(config["config"])
     _quiet_report_log()
-    world = RayWorld(interactive=config.get("interactive", False))
+    world = RayWorld(interactive=config.get("interactive", False),
+                     unused_parameters=get_family(config["family"]).unused_parameters)
     configure_cpu(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     resume = None
     if (ckpt := ray.train.get_checkpoint()) is not None:  # restarted after a failure
@@ -159,51 +158,25 @@ def _quiet_report_log() -> None:
     """Ray Train 2.60 logs every ``ray.train.report`` at INFO ("Reporting training result ...")
     under a logger named by its file path, which ``LoggingConfig``'s filter (``ray.train.*``)
     does not match: that one logger goes to WARNING on the worker."""
-    try:
+    try:  # a private module: imported here so that another Ray layout only skips this
         from ray.train.v2._internal.execution import context
     except ImportError:  # another layout: nothing to quiet
         return
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
-_INIT_LOCK = threading.Lock()  # the pipeline trains families in concurrent threads
-
-
-def _local_cluster() -> bool:
-    """True when this process starts (and owns) the Ray cluster: no ``RAY_ADDRESS``."""
-    return not os.environ.get("RAY_ADDRESS")
-
-
 class LeanTorchTrainer(TorchTrainer):
-    """``TorchTrainer`` without two per-fit helper actors it does not need here.
-
-    Every ``fit`` starts a process per helper actor, and each costs ~1.5-2.5 core-s of start-up
-    and imports (docs/benchmarks.md, "Where the CPU goes"): the ``DatasetManager`` serves
-    ``datasets``, which genpipe never passes (its workers read the Parquet shards themselves),
-    and the ``PlacementGroupCleaner`` removes the fit's placement group if the driver dies
-    without cleaning up, which on a local cluster is moot (the cluster dies with the driver).
-    On a cluster given by ``RAY_ADDRESS`` the cleaner stays. Ray 2.60 offers no switch for
-    either, so this filters its private ``_create_default_callbacks`` by class name;
-    ``tests/training/test_ray.py`` checks that neither actor is started, so a Ray upgrade that
-    renames them fails the suite instead of silently bringing the cost back.
+    """``TorchTrainer`` without the per-fit DatasetManager and (on a local cluster)
+    PlacementGroupCleaner actors, which genpipe never needs (docs/benchmarks.md, "Lighter Ray
+    Train fits"). Ray has no switch, so this filters the private ``_create_default_callbacks``
+    by class name; tests/training/test_ray.py fails if either starts.
     """
 
     def _create_default_callbacks(self):
         drop = set() if self.datasets else {"DatasetsCallback"}
-        if _local_cluster():
+        if local_cluster():
             drop.add("PlacementGroupCleanerCallback")
         return [c for c in super()._create_default_callbacks() if type(c).__name__ not in drop]
-
-
-def ensure_ray() -> None:
-    """Connect to ``RAY_ADDRESS`` if set, else start (or reuse) a local cluster; thread-safe."""
-    # families queue for CPUs in the pipeline: waiting for workers is expected, not a failure
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3600")
-    if _local_cluster():  # one local node is never preempted: no watcher actor per fit
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-    with _INIT_LOCK:
-        if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
 
 
 def train_with_ray(

@@ -15,27 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
+from genpipe import tracking
+from genpipe.artifacts import CONFIG, FINAL, LAST, family_dir, load_checkpoint, seed_dir, write_config_json
 from genpipe.config import Config
-from genpipe.data import load_split, read_card, to_uint8
+from genpipe.data import read_card
 from genpipe.errors import InputError
-from genpipe.models import ImageSpec, get_family
-from genpipe.training.checkpoint import (
-    CONFIG,
-    FINAL,
-    FORMAT,
-    LAST,
-    family_dir,
-    load_checkpoint,
-    rng_state,
-    save_checkpoint,
-    seed_dir,
-    write_config_json,
-)
-from genpipe.training.loop import SAMPLE_GRID, Checkpointer, LoopResult, TrainLogger, World, train_loop
-from genpipe.training.world import LocalWorld, configure_cpu, pick_device
+from genpipe.models import get_family
+from genpipe.runtime import configure_cpu, pick_device
+from genpipe.training.fit import LocalCheckpointer, fit
+from genpipe.training.ray_train import train_with_ray
+from genpipe.training.world import LocalWorld
 
 # sections whose change makes a checkpoint belong to a different experiment
 RESUME_SECTIONS = ("seed", "data", "train")
@@ -49,69 +38,6 @@ class TrainOutcome:
     step: int
     losses: dict[str, float]
     seconds: float
-
-
-class LocalCheckpointer:
-    """In-process runs write ``last.pt`` themselves, atomically."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-
-    def save(self, state: dict[str, Any] | None, step: int, final: bool, metrics: dict[str, float]) -> None:
-        if state is not None:
-            save_checkpoint(self.directory / LAST, state)
-
-
-def build_model(cfg: Config, family: str, spec: ImageSpec) -> nn.Module:
-    return get_family(family).build(cfg.family(family), spec)
-
-
-def fit(
-    cfg: Config,
-    family: str,
-    *,
-    world: World,
-    device: torch.device,
-    logger: TrainLogger | None,
-    checkpointer: Checkpointer,
-    meta: dict[str, Any],
-    resume: dict[str, Any] | None,
-) -> LoopResult:
-    """Load the train split, build the family's model, run the loop (on one rank)."""
-    data = load_split(cfg.paths.data, "train")
-    spec = ImageSpec(data.shape, data.num_classes)
-    if get_family(family).trainer == "fit":  # by EM / in closed form, from its own seed: a fitted family
-        # trains in the flow's process, whose other threads draw from the global RNG, so no reseeding
-        return fit_once(build_model(cfg, family, spec), data, seed=cfg.seed, logger=logger,
-                        checkpointer=checkpointer, meta=meta)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    model = build_model(cfg, family, spec)
-    return train_loop(
-        model, data, cfg.train_for(family), seed=cfg.seed, device=device, world=world,
-        logger=logger, checkpointer=checkpointer, meta=meta, resume=resume,
-    )
-
-
-def fit_once(
-    model: nn.Module, data, *, seed: int, logger: TrainLogger | None, checkpointer: Checkpointer, meta: dict[str, Any]
-) -> LoopResult:
-    """Train a :class:`FittedModel` (e.g. the Gaussian mixture): one ``fit``, one checkpoint."""
-    t0 = time.perf_counter()
-    summary = model.fit(data.images, data.labels, seed)  # its own seed: not the global RNG other threads use
-    seconds = time.perf_counter() - t0
-    weights = model.state_dict()
-    state = {
-        "format": FORMAT, "family": meta.get("family"), "step": 1, "total_steps": 1, "train_seconds": seconds,
-        "model": weights,
-        "ema": {**{f"module.{k}": v for k, v in weights.items()}, "n_averaged": torch.tensor(1)},
-        "optimizers": {}, "rng": [rng_state(torch.device("cpu"))],
-        "config": meta.get("config", {}), "meta": {k: v for k, v in meta.items() if k != "config"} | {"world_size": 1},
-    }
-    if logger is not None:
-        logger.log_metrics(1, {**summary, "fit_seconds": seconds})
-        logger.log_samples(1, to_uint8(model.sample(SAMPLE_GRID, generator=torch.Generator().manual_seed(seed + 1_000_003))))
-    checkpointer.save(state, 1, final=True, metrics=summary)
-    return LoopResult(1, summary, seconds, len(data) / max(seconds, 1e-9))
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
@@ -153,8 +79,6 @@ def train_family(
     ``seed`` other than ``cfg.seed`` (one of ``stability_seeds``) trains a replicate with
     that seed into ``models/<family>/seeds/<seed>/``, everything else the same.
     """
-    from genpipe import tracking
-
     get_family(family)
     card = read_card(cfg.paths.data)
     _check_inputs(cfg, family, card)
@@ -186,25 +110,8 @@ def train_family(
     try:
         if resume_state is None:
             tracking.log_dataset(run_id, card, cfg.paths.data, uri=uri)
-        if cfg.train.runner == "local" or get_family(family).trainer == "fit":  # EM is not data-parallel
-            # train.threads is the local runner's; a fitted family under Ray fits in the caller's
-            # process (the flow's, with pipeline.threads), whose threads it leaves alone
-            configure_cpu(cfg.train.threads if cfg.train.runner == "local" else 0)
-            result = fit(
-                cfg, family, world=LocalWorld(), device=pick_device(cfg.train.device),
-                logger=tracking.MlflowTrainLogger(run_id, uri), checkpointer=LocalCheckpointer(out_dir),
-                meta=meta, resume=resume_state,
-            )
-            step, losses = result.step, result.losses
-        else:
-            from genpipe.training.ray_train import train_with_ray
-
-            ray_result = train_with_ray(
-                cfg, family, run_id=run_id, tracking_uri=uri, meta=meta, family_dir=out_dir,
-                run_name=f"{run_name}-{run_id[:8]}", resume=resume_state,
-            )
-            step = int(ray_result.metrics["step"])
-            losses = {k: v for k, v in ray_result.metrics.items() if k != "step"}
+        step, losses = run_training(cfg, family, out_dir=out_dir, meta=meta, resume=resume_state, run_id=run_id,
+                                    uri=uri, run_name=f"{run_name}-{run_id[:8]}")
         final, state = _promote(out_dir, cfg, step)
         seconds = time.perf_counter() - t0
         steps_batch = cfg.train_for(family).batch_size if get_family(family).trainer != "fit" else None
@@ -218,12 +125,28 @@ def train_family(
     return TrainOutcome(family, run_id, final, step, losses, seconds)
 
 
+def run_training(cfg: Config, family: str, *, out_dir: Path, meta: dict[str, Any], resume: dict[str, Any] | None,
+                 run_id: str, uri: str, run_name: str) -> tuple[int, dict[str, float]]:
+    """Train in this process (the local runner; a fitted family, whose EM is not data-parallel) or
+    under Ray Train, leaving ``out_dir/last.pt``; the final step and its losses. The loop logs
+    its losses and sample grids to the MLflow run ``run_id``; nothing else here tracks."""
+    if cfg.train.runner == "local" or get_family(family).trainer == "fit":
+        # train.threads is the local runner's; a fitted family under Ray fits in the caller's
+        # process (the flow's, with pipeline.threads), whose threads it leaves alone
+        configure_cpu(cfg.train.threads if cfg.train.runner == "local" else 0)
+        result = fit(cfg, family, world=LocalWorld(), device=pick_device(cfg.train.device),
+                     logger=tracking.MlflowTrainLogger(run_id, uri), checkpointer=LocalCheckpointer(out_dir),
+                     meta=meta, resume=resume)
+        return result.step, result.losses
+    ray_result = train_with_ray(cfg, family, run_id=run_id, tracking_uri=uri, meta=meta, family_dir=out_dir,
+                                run_name=run_name, resume=resume)
+    return int(ray_result.metrics["step"]), {k: v for k, v in ray_result.metrics.items() if k != "step"}
+
+
 def run_params(cfg: Config, family: str) -> dict[str, str]:
     """The MLflow params of a training run: the settings in effect, once each — ``train.*`` with
     the family's own steps / batch size / precision folded in (a fitted family has no steps),
     the family's other settings, the data and the seed; unset values left out."""
-    from genpipe import tracking
-
     tree = cfg.to_dict()
     spec = get_family(family)
     own = {k: v for k, v in tree[family].items() if k not in ("steps", "batch_size", "precision")}

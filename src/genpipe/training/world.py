@@ -1,17 +1,13 @@
-"""The in-process world: one rank, no wrapping, a progress bar (or milestone lines); and the CPU
-set-up of a process that computes (allocator, threads)."""
+"""The in-process world: one rank, no wrapping, a progress bar (or milestone lines)."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import os
-import sys
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+
+from genpipe.runtime import progress_bar
 
 
 class LocalWorld:
@@ -29,102 +25,3 @@ class LocalWorld:
 
     def progress(self, total: int, initial: int, desc: str) -> Any:
         return progress_bar(total, desc, "step", initial)
-
-
-def interactive() -> bool:
-    """Progress bars for a person at a terminal: stderr is a TTY and ``CI`` is not set; else
-    (a log file, CI) a line per milestone (:class:`MilestoneLog`)."""
-    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-    return sys.stderr.isatty() and not ci
-
-
-def progress_bar(total: int, desc: str, unit: str, initial: int = 0, enabled: bool = True) -> Any:
-    """A tqdm bar at a terminal, :class:`MilestoneLog` lines elsewhere, nothing if not ``enabled``;
-    each with tqdm's ``update`` / ``set_postfix`` / ``close`` and usable as a context manager."""
-    if not enabled:
-        return tqdm(total=total, initial=initial, disable=True)
-    if not interactive():
-        return MilestoneLog(total, initial, desc, unit=unit + "s")
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5)
-
-
-class MilestoneLog:
-    """The progress bar's interface for logs: one line at every ``every``-th of the way
-    (10 % by default) and at the end, ``<desc>: <done>/<total> <unit> (<pct> %) <postfix>``."""
-
-    def __init__(self, total: int, initial: int = 0, desc: str = "", unit: str = "steps", every: float = 0.1):
-        self.total, self.n, self.desc, self.unit = total, initial, desc, unit
-        self.stride = max(1, round(total * every))
-        self.postfix = ""
-        self._printed = initial
-
-    def set_postfix(self, ordered_dict: dict[str, Any] | None = None, refresh: bool = True, **kw: Any) -> None:
-        """tqdm's signature; ``refresh`` means nothing here (a line is written at the milestones)."""
-        self.postfix = " ".join(f"{k}={v}" for k, v in {**(ordered_dict or {}), **kw}.items())
-
-    def update(self, n: int = 1) -> None:
-        before, self.n = self.n, self.n + n
-        if self.n // self.stride > before // self.stride and self.n < self.total:
-            self._line()
-
-    def close(self) -> None:
-        if self.n != self._printed:
-            self._line()
-
-    def _line(self) -> None:
-        self._printed = self.n
-        pct = 100.0 * self.n / max(self.total, 1)
-        # a write, not print(): Ray Train's workers patch print() to log as well, which doubles each line
-        sys.stderr.write(f"{self.desc}: {self.n}/{self.total} {self.unit} ({pct:.0f} %) {self.postfix}".rstrip() + "\n")
-        sys.stderr.flush()
-
-    def __enter__(self) -> MilestoneLog:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-def pick_device(requested: str) -> torch.device:
-    """``auto`` -> cuda when present, else cpu; ``cuda`` without a GPU is an input error."""
-    from genpipe.errors import InputError
-
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise InputError("train.device: cuda requested but no CUDA device is available")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)
-_MMAP_THRESHOLD_MAX = 32 * 1024 * 1024  # glibc's ceiling on 64-bit systems
-
-
-def reuse_freed_memory() -> bool:
-    """Keep freed tensor buffers in the heap instead of giving them back to the kernel.
-
-    glibc serves blocks over its mmap threshold (128 KiB at first) with fresh mmaps and unmaps
-    them on free, so every batch of activations page-faults its memory in again: measured on
-    2 cores, 256 DDIM-50 samples of the quick diffusion model took 7.5 s user + 2.1 s system
-    (944k page faults) before, 6.5 s + 0.1 s after. Same effect as PyTorch's CPU tuning
-    guide's jemalloc/tcmalloc advice, without a preloaded library. Idempotent; False where the
-    C library has no ``mallopt`` (not glibc), which leaves the allocator as it was.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    # freed memory at the top of the heap is returned only beyond 256 MiB: a few batches of
-    # activations stay mapped, a process's peak does not
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(mallopt(_M_TRIM_THRESHOLD, 256 * 1024 * 1024))
-
-
-def configure_cpu(threads: int = 0) -> None:
-    """Set up this process for torch work on the CPU: :func:`reuse_freed_memory`, and with
-    ``threads`` > 0 that many intra-op threads (process-wide: every Python thread sees it)."""
-    reuse_freed_memory()
-    if threads > 0:
-        torch.set_num_threads(threads)

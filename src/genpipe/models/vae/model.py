@@ -43,11 +43,11 @@ import math
 import torch
 from torch import nn
 
-from genpipe.config import VAEConfig
 from genpipe.errors import InputError
-from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup, cpu_randn
+from genpipe.models.base import ImageSpec, LogLikelihood, OptimizerGroup, check_labels, cpu_randn
 from genpipe.models.distributions import discretized_logistic_log_prob, gaussian_log_prob
 from genpipe.models.nets.conv import ResBlock, downsample, group_norm, upsample
+from genpipe.models.vae.config import VAEConfig
 
 
 class VAE(nn.Module):
@@ -102,11 +102,8 @@ class VAE(nn.Module):
 
     def _labels(self, labels: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor | None:
         """Checked labels for sampling: None for an unconditional model, a balanced mix if absent."""
-        if not self.num_labels:
-            if labels is not None:
-                raise InputError("labels: the vae family is unconditional; sample without labels")
-            return None
-        return (torch.arange(n) % self.num_labels if labels is None else labels.cpu()).to(device)
+        return check_labels(labels, n, num_classes=self.spec.num_classes, conditional=self.cfg.conditional,
+                            family="vae", device=device)
 
     # -- the prior ----------------------------------------------------------------------
     def prior_components(self) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -198,11 +195,3 @@ class VAE(nn.Module):
 
 def build_vae(cfg: VAEConfig, spec: ImageSpec) -> VAE:
     return VAE(cfg, spec)
-
-
-FAMILY = Family(
-    name="vae",
-    config_type=VAEConfig,
-    build=build_vae,
-    summary="convolutional VAE, discretised-logistic decoder, N(0, I) or VampPrior; likelihood: IWAE-k (a lower bound)",
-)

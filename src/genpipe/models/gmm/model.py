@@ -26,11 +26,12 @@ import math
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
-from genpipe.config import GMMConfig
 from genpipe.errors import InputError
-from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup, cpu_randn
+from genpipe.models.base import ImageSpec, LogLikelihood, OptimizerGroup, check_labels, cpu_randn
+from genpipe.models.gmm.config import GMMConfig
 
 BIN = 2.0 / 255.0  # width of one pixel level in [-1, 1]
 
@@ -63,13 +64,12 @@ class GaussianMixtureModel(nn.Module):
 
     def fit(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[str, float]:
         """EM on dequantised pixels (after PCA); returns the mean train log-likelihood."""
-        from threadpoolctl import threadpool_limits
-
-        # one BLAS thread: beside training families, spinning BLAS threads slowed EM ~100x
+        # one BLAS thread: BLAS threads spinning beside the concurrent trainings starve EM
         with threadpool_limits(limits=1):
             return self._fit(images, labels, seed)
 
     def _fit(self, images: torch.Tensor, labels: torch.Tensor, seed: int) -> dict[str, float]:
+        # deferred: the registry imports every family, and scikit-learn takes a second to import
         from sklearn.decomposition import PCA
         from sklearn.mixture import GaussianMixture
 
@@ -177,11 +177,9 @@ class GaussianMixtureModel(nn.Module):
 
     def _sample_labels(self, n: int, labels: torch.Tensor | None) -> torch.Tensor:
         """The class of each draw (n,) on the CPU: ``labels``, or the classes in turn (conditional), or 0."""
-        if labels is not None and not self.cfg.conditional:
-            raise InputError("labels: this gmm is unconditional; sample without labels")
-        if self.cfg.conditional and labels is None:
-            labels = torch.arange(n) % self.means.shape[0]
-        return labels.cpu().long() if labels is not None else torch.zeros(n, dtype=torch.long)
+        ys = check_labels(labels, n, num_classes=self.means.shape[0], conditional=self.cfg.conditional,
+                          family="gmm", device="cpu")
+        return ys if ys is not None else torch.zeros(n, dtype=torch.long)
 
     # -- moments ------------------------------------------------------------------------
     def component_covariances(self) -> torch.Tensor:
@@ -205,7 +203,7 @@ class GaussianMixtureModel(nn.Module):
             E[v] = mu + W^T E[z],         Cov[v] = W^T Cov[z] W + sigma^2 (I_D - W^T W)  (K < D)
         """
         y = self.means.shape[0]
-        ys = self._sample_labels(y, labels)  # without labels: each class once
+        ys = self._sample_labels(y if labels is None else len(labels), labels)  # without labels: each class once
         class_w = (torch.bincount(ys, minlength=y).double() / len(ys)).to(self.means.device)  # (Y,)
         w = (class_w[:, None] * self.log_weights.exp()).flatten()  # (Y * M,)
         mu = self.means.flatten(0, 1)  # (Y * M, K)
@@ -222,12 +220,3 @@ class GaussianMixtureModel(nn.Module):
 
 def build_gmm(cfg: GMMConfig, spec: ImageSpec) -> GaussianMixtureModel:
     return GaussianMixtureModel(cfg, spec)
-
-
-FAMILY = Family(
-    name="gmm",
-    config_type=GMMConfig,
-    build=build_gmm,
-    summary="Gaussian mixture (EM, scikit-learn) after PCA; likelihood: dequantised density (a lower bound)",
-    trainer="fit",
-)

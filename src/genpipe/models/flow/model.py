@@ -41,11 +41,11 @@ import math
 import torch
 from torch import nn
 
-from genpipe.config import FlowConfig
 from genpipe.errors import InputError
-from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup, cpu_randn
+from genpipe.models.base import ImageSpec, LogLikelihood, OptimizerGroup, check_labels, cpu_randn
 from genpipe.models.distributions import gaussian_log_prob
-from genpipe.models.flow_layers import (
+from genpipe.models.flow.config import FlowConfig
+from genpipe.models.flow.layers import (
     HALF_BIN, FlowStep, IdentityTransform, LogitTransform, ZeroConv2d, squeeze, unsqueeze,
 )
 
@@ -197,18 +197,9 @@ class Glow(nn.Module):
 
     def _labels(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor:
         """Prior indices for generation: the labels, a balanced mix, or all zeros."""
-        if self.num_classes == 1:
-            if labels is not None:
-                raise InputError("labels: the flow family is unconditional (flow.conditional=false); sample without labels")
-            return torch.zeros(n, dtype=torch.long, device=device)
-        if labels is None:
-            return torch.arange(n, device=device) % self.num_classes
-        if labels.shape != (n,) or (n and (labels.min() < 0 or labels.max() >= self.num_classes)):
-            found = f"values {int(labels.min())}..{int(labels.max())}" if labels.numel() else "none"
-            raise InputError(
-                f"labels: expected {n} class indices in [0, {self.num_classes}), got shape {tuple(labels.shape)}, {found}"
-            )
-        return labels.to(device=device, dtype=torch.long)
+        ys = check_labels(labels, n, num_classes=self.spec.num_classes, conditional=self.cfg.conditional,
+                          family="flow", device=device)
+        return ys if ys is not None else torch.zeros(n, dtype=torch.long, device=device)
 
     @property
     def device(self) -> torch.device:
@@ -274,11 +265,3 @@ class Glow(nn.Module):
 
 def build_flow(cfg: FlowConfig, spec: ImageSpec) -> Glow:
     return Glow(cfg, spec)
-
-
-FAMILY = Family(
-    name="flow",
-    config_type=FlowConfig,
-    build=build_flow,
-    summary="Glow multi-scale flow (actnorm, LU 1x1 conv, affine coupling); likelihood: dequantised lower bound",
-)

@@ -37,11 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genpipe.config import SUBSCALE, PixelCNNSamplingConfig, PixelCNNConfig
 from genpipe.errors import InputError
-from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup
+from genpipe.models.base import ImageSpec, LogLikelihood, OptimizerGroup, check_labels
 from genpipe.models.distributions import HALF_BIN, discretized_logistic_log_prob
 from genpipe.models.nets.masked import GatedLayer, channel_groups, pointwise_conv
+from genpipe.models.pixelcnn.config import SUBSCALE, PixelCNNSamplingConfig, PixelCNNConfig
 
 LEVELS = 256  # 8-bit sub-pixels
 
@@ -384,28 +384,9 @@ class PixelCNN(nn.Module):
         return self.slices * height * (1 + width * c) + context
 
     def _sampling_labels(self, n: int, labels: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-        if not self.cfg.conditional:
-            if labels is not None:
-                raise InputError("labels: this pixelcnn is unconditional (pixelcnn.conditional=false); "
-                                 "sample without labels")
-            return None
-        if labels is None:
-            return torch.arange(n, device=device) % self.spec.num_classes  # a balanced mix of classes
-        labels = torch.as_tensor(labels).long()
-        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.spec.num_classes:
-            raise InputError(f"labels: expected {n} class ids in [0, {self.spec.num_classes}), "
-                             f"got shape {tuple(labels.shape)}")
-        return labels.to(device)
+        return check_labels(labels, n, num_classes=self.spec.num_classes, conditional=self.cfg.conditional,
+                            family="pixelcnn", device=device)
 
 
 def build_pixelcnn(cfg: PixelCNNConfig, spec: ImageSpec) -> PixelCNN:
     return PixelCNN(cfg, spec)
-
-
-FAMILY = Family(
-    name="pixelcnn",
-    config_type=PixelCNNConfig,
-    build=build_pixelcnn,
-    summary="gated PixelCNN, 256-way softmax or discretised logistic mixture per sub-pixel; "
-            "likelihood: exact (autoregressive)",
-)

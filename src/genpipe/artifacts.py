@@ -1,4 +1,7 @@
-"""Checkpoints: one ``torch.save`` file read back with ``weights_only=True``.
+"""Where every stage's artifacts live and how they are read back: checkpoints, their config,
+the evaluation records. The one place that knows ``models/<family>/checkpoint.pt``.
+
+Checkpoints: one ``torch.save`` file read back with ``weights_only=True``.
 
 Contents (plain tensors, dicts, lists, strings and numbers only)::
 
@@ -24,7 +27,10 @@ from typing import Any
 
 import torch
 
+from genpipe.config import validate_config
+from genpipe.data import read_card
 from genpipe.errors import InputError
+from genpipe.models import ImageSpec, get_family
 from genpipe.storage import atomic_write_bytes
 
 FORMAT = 1
@@ -35,6 +41,16 @@ CONFIG = "config.json"
 
 def family_dir(models_dir: Path | str, family: str) -> Path:
     return Path(models_dir) / family
+
+
+def metrics_path(folder: Path | str, family: str) -> Path:
+    """``metrics/<family>.json``: the evaluation's flat summary (DVC metrics)."""
+    return Path(folder) / f"{family}.json"
+
+
+def provenance_path(folder: Path | str, family: str) -> Path:
+    """``metrics/<family>.provenance.json``: the full evaluation record (every number and its source)."""
+    return Path(folder) / f"{family}.provenance.json"
 
 
 def seed_dir(models_dir: Path | str, family: str, seed: int) -> Path:
@@ -63,14 +79,51 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
     return state
 
 
+def checkpoint_state(*, family: str | None, step: int, total_steps: int, seconds: float, model: dict[str, Any],
+                     ema: dict[str, Any], optimizers: dict[str, Any], rngs: list[dict[str, Any]], meta: dict[str, Any],
+                     world_size: int) -> dict[str, Any]:
+    """The contents of a checkpoint (the layout above); ``meta["config"]`` becomes its ``config``."""
+    return {
+        "format": FORMAT,
+        "family": family,
+        "step": step,
+        "total_steps": total_steps,
+        "train_seconds": seconds,  # wall-clock of training up to this step, over resumes
+        "model": model,
+        "ema": ema,
+        "optimizers": optimizers,
+        "rng": rngs,
+        "config": meta.get("config", {}),
+        "meta": {k: v for k, v in meta.items() if k != "config"} | {"world_size": world_size},
+    }
+
+
+def trained_checkpoint(models_dir: Path | str, family: str, seed: int | None = None) -> Path:
+    """``models/<family>/checkpoint.pt`` (or a ``stability_seeds`` replicate's), which must exist;
+    the :class:`InputError` otherwise says which command makes it."""
+    get_family(family)
+    path = (family_dir(models_dir, family) if seed is None else seed_dir(models_dir, family, seed)) / FINAL
+    if not path.exists():
+        if seed is None:
+            raise InputError(f"{path}: no trained model; run `genpipe train --family {family}` first")
+        raise InputError(f"{path}: no {family} trained with seed {seed} (stability_seeds); "
+                         f"run `genpipe train --family {family} --seed {seed}`")
+    return path
+
+
+def load_trained(cfg, family: str, device: torch.device | str = "cpu", seed: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """The trained ``family`` (with a ``seed`` other than params' ``seed``, the replicate trained with
+    it) as an eval-mode model with its EMA weights, and its checkpoint state."""
+    path = trained_checkpoint(cfg.paths.models, family, None if seed is None or seed == cfg.seed else seed)
+    card = read_card(cfg.paths.data)
+    return load_model(path, card["shape"], card["num_classes"], device)
+
+
 def load_model(path: Path | str, shape: tuple[int, int, int], num_classes: int, device: torch.device | str = "cpu"):
     """The EMA weights of a checkpoint in a model built from the config it was trained with
     (not today's params), in eval mode; returns (model, checkpoint state)."""
-    from genpipe.config import Config
-    from genpipe.models import ImageSpec, get_family
-
     state = load_checkpoint(path)
-    trained = Config.model_validate(state["config"])
+    trained = validate_config(state["config"])
     family = state["family"]
     model = get_family(family).build(trained.family(family), ImageSpec(tuple(shape), num_classes))
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
@@ -84,17 +137,3 @@ def load_model(path: Path | str, shape: tuple[int, int, int], num_classes: int, 
 def write_config_json(directory: Path | str, config: dict[str, Any]) -> None:
     """The resolved config beside the checkpoint, for people and diff tools."""
     atomic_write_bytes(Path(directory) / CONFIG, (json.dumps(config, indent=2) + "\n").encode())
-
-
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """This process's RNG states."""
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)

@@ -1,12 +1,33 @@
-"""Sample grids: a batch of uint8 images tiled into one PIL image."""
+"""Images between the stages: the model range [-1, 1] and uint8, sample grids, PNG bytes."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 import torch
 from PIL import Image
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1] (the range every family trains on)."""
+    return images.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255], rounding to the nearest level."""
+    return x.clamp(-1.0, 1.0).add(1.0).mul(127.5).round().to(torch.uint8)
+
+
+def encode_png(image: np.ndarray | Image.Image) -> bytes:
+    """(C, H, W) uint8 (greyscale for C=1, RGB for C=3) or a PIL image -> PNG bytes; deterministic."""
+    if isinstance(image, np.ndarray):
+        c = image.shape[0]
+        image = Image.fromarray(image[0] if c == 1 else image.transpose(1, 2, 0), mode="L" if c == 1 else "RGB")
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def make_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2, scale: int = 4) -> Image.Image:

@@ -8,7 +8,7 @@ a generator G maps z ~ N(0, I) to images and a discriminator D tells them from d
 trained by alternating gradient steps (Algorithm 1; here one D step, then one G step per
 batch: the keys of :meth:`GAN.optimizer_groups` are the training loop's phases, in order).
 The objectives (non-saturating, hinge, WGAN-GP) are pure functions in
-:mod:`genpipe.models.gan_losses`.
+:mod:`genpipe.models.gan.losses`.
 
 Networks follow DCGAN (Radford et al. 2016, https://arxiv.org/abs/1511.06434, sec. 3):
 G projects z to 4x4 and doubles the resolution with stride-2 transposed convolutions,
@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from genpipe.config import GANConfig, GANSamplingConfig
 from genpipe.errors import InputError
-from genpipe.models.base import Family, ImageSpec, OptimizerGroup, cpu_randn
-from genpipe.models.gan_losses import D_LOSSES, G_LOSSES, LossKind, discriminator_score, gradient_penalty
+from genpipe.models.base import ImageSpec, OptimizerGroup, check_labels, cpu_randn
+from genpipe.models.gan.config import GANConfig, GANSamplingConfig
+from genpipe.models.gan.losses import D_LOSSES, G_LOSSES, LossKind, discriminator_score, gradient_penalty
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -89,8 +89,7 @@ class Generator(nn.Module):
     """z (B, latent_dim) -> 4x4 -> ... -> image (B, C, H, W) in (-1, 1).
 
     At each resolution up to H/2: (stride-2 transposed conv,) BN, ReLU, 3x3 conv, BN, ReLU;
-    the extra 3x3 conv per level (beyond DCGAN) is cheap at these resolutions and gave more
-    recognisable 16x16 digits in the same training time. A last transposed conv makes the image.
+    one 3x3 conv per level beyond DCGAN, cheap at these resolutions. A last transposed conv makes the image.
     """
 
     def __init__(self, cfg: GANConfig, spec: ImageSpec, num_classes: int):
@@ -249,17 +248,8 @@ class GAN(nn.Module):
 
     def _class_labels(self, n: int, labels: torch.Tensor | None) -> torch.Tensor | None:
         """The labels G is conditioned on: given ones checked, or a balanced i % K mix."""
-        if not self.num_classes:
-            if labels is not None:
-                raise InputError("labels: the gan family is unconditional here; sample without labels "
-                                 "or train with gan.conditional: true")
-            return None
-        if labels is None:
-            return torch.arange(n, device=self.device) % self.num_classes
-        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
-            raise InputError(f"labels: expected {n} class ids in [0, {self.num_classes}), got shape "
-                             f"{tuple(labels.shape)}")
-        return labels.to(self.device, torch.long)
+        return check_labels(labels, n, num_classes=self.spec.num_classes, conditional=self.cfg.conditional,
+                            family="gan", device=self.device)
 
     def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None,
                        generator: torch.Generator | None = None) -> None:
@@ -269,11 +259,3 @@ class GAN(nn.Module):
 
 def build_gan(cfg: GANConfig, spec: ImageSpec) -> GAN:
     return GAN(cfg, spec)
-
-
-FAMILY = Family(
-    name="gan",
-    config_type=GANConfig,
-    build=build_gan,
-    summary="DCGAN; non-saturating, hinge or WGAN-GP loss, optional spectral norm; no likelihood",
-)

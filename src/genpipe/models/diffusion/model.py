@@ -33,9 +33,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from genpipe.config import DiffusionSamplingConfig, DiffusionConfig
 from genpipe.errors import InputError
-from genpipe.models.base import Family, ImageSpec, LogLikelihood, OptimizerGroup, cpu_randn
+from genpipe.models.base import ImageSpec, LogLikelihood, OptimizerGroup, check_labels, cpu_randn
+from genpipe.models.diffusion.config import DiffusionSamplingConfig, DiffusionConfig
 from genpipe.models.distributions import discretized_gaussian_log_prob
 from genpipe.models.nets.unet import UNet
 from genpipe.samplers import DenoiseFn, Denoised, run_sampler
@@ -310,22 +310,16 @@ class Diffusion(nn.Module):
         """Validated labels (n,) on the model's device, or None for an unconditional model."""
         if not isinstance(o, DiffusionSamplingConfig):
             raise InputError(f"options: expected DiffusionSamplingConfig, got {type(o).__name__}")
-        if o.sampler != "ddpm" and o.steps > self.process.num_timesteps:
+        if o.sampler_steps(self.process.num_timesteps) > self.process.num_timesteps:
             raise InputError(
                 f"diffusion.sampling.steps: {o.steps} exceeds diffusion.timesteps={self.process.num_timesteps}"
             )
-        if not self.cfg.conditional:
-            if labels is not None:
-                raise InputError("labels: this diffusion model is unconditional; sample without labels")
-            if o.guidance_scale != 1.0:
-                raise InputError("diffusion.sampling.guidance_scale: guidance needs a conditional model; use 1.0")
-            return None
+        if o.guidance_scale != 1.0 and not self.cfg.conditional:
+            raise InputError("diffusion.sampling.guidance_scale: guidance needs a conditional model; use 1.0")
         if o.guidance_scale != 1.0 and self.cfg.p_uncond == 0.0:
             raise InputError("diffusion.sampling.guidance_scale: the model never saw the null class (p_uncond=0)")
-        labels = torch.arange(n) % self.spec.num_classes if labels is None else labels
-        if labels.shape != (n,) or (n and (labels.min() < 0 or labels.max() >= self.spec.num_classes)):
-            raise InputError(f"labels: expected ({n},) class indices in [0, {self.spec.num_classes})")
-        return labels.long().to(next(self.parameters()).device)
+        return check_labels(labels, n, num_classes=self.spec.num_classes, conditional=self.cfg.conditional,
+                            family="diffusion", device=next(self.parameters()).device)
 
     @torch.no_grad()
     def sample(self, n: int, labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
@@ -340,8 +334,7 @@ class Diffusion(nn.Module):
     def nfe(self, options: DiffusionSamplingConfig | None = None) -> int:
         """Network evaluations per image: one per sampler step (all T for ddpm), two with guidance."""
         o = self.cfg.sampling if options is None else options
-        steps = self.process.num_timesteps if o.sampler == "ddpm" else o.steps
-        return steps * (2 if self.cfg.conditional and o.guidance_scale != 1.0 else 1)
+        return o.sampler_steps(self.process.num_timesteps) * (2 if self.cfg.conditional and o.guidance_scale != 1.0 else 1)
 
     @torch.no_grad()
     def log_likelihood(self, x: torch.Tensor, labels: torch.Tensor | None = None,
@@ -369,11 +362,3 @@ class Diffusion(nn.Module):
 
 def build_diffusion(cfg: DiffusionConfig, spec: ImageSpec) -> Diffusion:
     return Diffusion(cfg, spec)
-
-
-FAMILY = Family(
-    name="diffusion",
-    config_type=DiffusionConfig,
-    build=build_diffusion,
-    summary="DDPM with a small U-Net (epsilon or v); samplers: ddpm, ddim, dpm_solver++; likelihood: variational bound",
-)
