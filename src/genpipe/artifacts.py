@@ -31,6 +31,7 @@ from genpipe.config import validate_config
 from genpipe.data import read_card
 from genpipe.errors import InputError
 from genpipe.models import ImageSpec, get_family
+from genpipe.runtime import isolated_rng
 from genpipe.storage import atomic_write_bytes
 
 FORMAT = 1
@@ -125,7 +126,8 @@ def load_model(path: Path | str, shape: tuple[int, int, int], num_classes: int, 
     state = load_checkpoint(path)
     trained = validate_config(state["config"])
     family = state["family"]
-    model = get_family(family).build(trained.family(family), ImageSpec(tuple(shape), num_classes))
+    with isolated_rng():  # its initial weights, overwritten below, draw nothing from other threads' streams
+        model = get_family(family).build(trained.family(family), ImageSpec(tuple(shape), num_classes))
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
     try:
         model.load_state_dict(ema)

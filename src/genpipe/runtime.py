@@ -8,6 +8,8 @@ import ctypes.util
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -110,6 +112,21 @@ def configure_cpu(threads: int = 0) -> None:
     reuse_freed_memory()
     if threads > 0:
         torch.set_num_threads(threads)
+
+
+_GLOBAL_RNG = threading.RLock()  # torch's global CPU generator is one per process, shared by its threads
+
+
+@contextmanager
+def isolated_rng(seed: int | None = None) -> Iterator[None]:
+    """Torch's global CPU RNG for this block alone (seeded with ``seed`` when given), its state
+    restored afterwards; other blocks that take it wait. The pipeline evaluates and generates in
+    threads of one process: without this, building a model in one thread (its weight
+    initialisation draws) shifts a seeded draw in another (torchmetrics' KID subsets)."""
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 _INIT_LOCK = threading.Lock()  # the pipeline trains families in concurrent threads

@@ -109,6 +109,40 @@ def test_kid_is_about_zero_for_one_distribution_positive_for_shifted_and_determi
     assert shifted_mean > 0.1 > 10 * abs(mean)
 
 
+def test_kid_is_the_same_while_another_thread_loads_models(tmp_path):
+    """The pipeline evaluates families in threads of one process: loading a checkpoint builds a
+    model, whose initial weights draw from torch's global RNG, which KID's subsets come from too."""
+    import threading
+
+    from genpipe.artifacts import checkpoint_state, load_model, save_checkpoint
+    from genpipe.config import validate_config
+    from genpipe.models import ImageSpec, get_family
+
+    cfg = validate_config({"vae": {"latent_dim": 2, "channels": [4]}})
+    spec = ImageSpec((1, 8, 8), 10)
+    weights = get_family("vae").build(cfg.family("vae"), spec).state_dict()
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, checkpoint_state(
+        family="vae", step=1, total_steps=1, seconds=0.0, model=weights, ema={f"module.{k}": v for k, v in weights.items()},
+        optimizers={}, rngs=[], meta={"config": cfg.to_dict()}, world_size=1))
+    real, fake = gaussian(600, 16, 21), gaussian(600, 16, 22, shift=0.2)
+    alone = kernel_inception_distance(real, fake, subsets=20, subset_size=200, seed=0)
+    stop = threading.Event()
+
+    def load_again_and_again():
+        while not stop.is_set():
+            load_model(path, spec.shape, spec.num_classes)
+
+    loader = threading.Thread(target=load_again_and_again)
+    loader.start()
+    try:
+        beside = [kernel_inception_distance(real, fake, subsets=20, subset_size=200, seed=0) for _ in range(4)]
+    finally:
+        stop.set()
+        loader.join()
+    assert beside == [alone] * 4
+
+
 def test_kid_clamps_the_subset_size_to_the_smaller_set():
     real, fake = gaussian(300, 8, 11), gaussian(50, 8, 12, shift=1.0)
     mean, std = kernel_inception_distance(real, fake, subsets=5, subset_size=500)  # torchmetrics alone would raise

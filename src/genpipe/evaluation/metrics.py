@@ -29,7 +29,6 @@ config key; a misuse by the caller (wrong shapes, probabilities that do not sum 
 from __future__ import annotations
 
 import math
-import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any, Literal
@@ -42,8 +41,8 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from genpipe.errors import InputError
+from genpipe.runtime import isolated_rng
 
-_GLOBAL_RNG = threading.Lock()  # held while torchmetrics draws KID's subsets from the global RNG
 
 __all__ = [
     "class_histogram",
@@ -273,9 +272,7 @@ def kernel_inception_distance(
         for features, is_real in ((real, True), (fake, False)):
             for i in range(0, features.shape[0], batch_size):
                 metric.update(features[i : i + batch_size], real=is_real)
-        # the pipeline evaluates families in threads of one process: one seeded draw at a time
-        with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with isolated_rng(seed):  # torchmetrics draws the subsets from the global RNG
             mean, std = metric.compute()
     return float(mean), float(std)
 

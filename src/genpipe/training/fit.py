@@ -17,6 +17,7 @@ from genpipe.config import Config
 from genpipe.data import load_split
 from genpipe.images import to_uint8
 from genpipe.models import ImageSpec, get_family
+from genpipe.runtime import isolated_rng
 from genpipe.training.loop import SAMPLE_GRID, Checkpointer, LoopResult, TrainLogger, World, rng_state, train_loop
 
 
@@ -51,10 +52,11 @@ def fit(
     spec = ImageSpec(data.shape, data.num_classes)
     if get_family(family).trainer == "fit":  # by EM / in closed form, from its own seed: a fitted family
         # trains in the flow's process, whose other threads draw from the global RNG, so no reseeding
-        return fit_once(build_model(cfg, family, spec), data, seed=cfg.seed, logger=logger,
-                        checkpointer=checkpointer, meta=meta)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
-    model = build_model(cfg, family, spec)
+        with isolated_rng():
+            model = build_model(cfg, family, spec)
+        return fit_once(model, data, seed=cfg.seed, logger=logger, checkpointer=checkpointer, meta=meta)
+    with isolated_rng(cfg.seed):  # the same initial weights on every rank and every run
+        model = build_model(cfg, family, spec)
     return train_loop(
         model, data, cfg.train_for(family), seed=cfg.seed, device=device, world=world,
         logger=logger, checkpointer=checkpointer, meta=meta, resume=resume,
