@@ -122,6 +122,12 @@ def test_the_package_has_no_import_cycle():
     assert not found, f"import cycles: {found}"
 
 
+def test_tracking_loads_no_family():
+    """MLflow at the edges: logging a run or a report needs no model code (and no torch model)."""
+    reached = closure({"genpipe.tracking"}, graph())
+    assert not [m for m in reached if m == "genpipe.models" or m.startswith("genpipe.models.")], sorted(reached)
+
+
 def test_the_cycle_finder_finds_a_cycle():  # so that the test above can fail
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []

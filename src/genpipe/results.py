@@ -4,7 +4,7 @@ The evaluate stage builds one per family and writes it as ``metrics/<family>.pro
 (:meth:`EvaluationResult.record`) and its flat summary as ``metrics/<family>.json``
 (:meth:`EvaluationResult.summary`, the DVC metrics); the report, tracking, the CLI and the flow
 read these fields instead of string keys. Records keep keys they do not declare (``extra``), so
-a richer record still loads.
+a richer record still loads. Plain data: nothing here imports a family.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from genpipe.errors import InputError
-from genpipe.models import FAMILIES
 
 QUALITY_KEYS = ("fid", "kid", "precision", "recall", "density", "coverage", "inception_score",
                 "classes_covered", "class_kl", "sharpness_ratio")
@@ -119,6 +118,7 @@ class EvaluationResult(Record):
     likelihood: Likelihood | None
     samples_png: str
     sampling: dict[str, Any] | None  # the family's sampling options, or None
+    sampler: str | None = None  # those options' label (``ddim-50``, ``temperature=0.7``)
     seed: int
     dataset_sha256: str
     checkpoint_sha256: str
@@ -132,11 +132,6 @@ class EvaluationResult(Record):
     seeds: SeedSpread | None = None
     sweep: list[SweepRow] | None = None
     seconds: float | None = None
-
-    @property
-    def sampler(self) -> str | None:
-        """The sampling setting's label (``ddim-50``, ``temperature=0.7``), or None."""
-        return sampling_label(self.family, self.sampling)
 
     def record(self) -> dict[str, Any]:
         """The JSON of ``metrics/<family>.provenance.json``."""
@@ -184,17 +179,3 @@ class EvaluationResult(Record):
             family = path.name.split(".")[0]
             raise InputError(f"{path}: not an evaluation record of this genpipe ({type(exc).__name__}); "
                              f"run `genpipe evaluate --family {family}` again") from None
-
-
-def sampling_label(family: str, sampling: dict[str, Any] | None) -> str | None:
-    """A family's sampling setting (as stored) in a few characters, by its section's ``label``."""
-    if not sampling:
-        return None
-    spec = FAMILIES.get(family)
-    kind = spec.sampling_type if spec is not None else None
-    try:
-        if kind is not None:
-            return kind.model_validate(sampling).label()
-    except ValueError:  # a setting today's section no longer accepts: its keys as they are
-        pass
-    return ", ".join(f"{k}={v}" for k, v in sampling.items())

@@ -110,6 +110,7 @@ def measure(cfg: Config, family: str, model: torch.nn.Module, state: dict[str, A
         family=family, split="test", num_images=len(test), likelihood=likelihood,
         samples_png=(folder / "samples.png").as_posix(),
         sampling=options.model_dump(mode="json") if options is not None else None,
+        sampler=options.label() if options is not None else None,
         seed=cfg.seed, dataset_sha256=test.card["sha256"], checkpoint_sha256=checkpoint_sha256,
         checkpoint_step=state["step"], mlflow_run_id=meta.get("mlflow_run_id"),
         figures=[p.as_posix() for p in figures], extractor=extractor.card, quality=quality,
