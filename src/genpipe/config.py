@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, NonNegativeInt, SecretStr, ValidationError, create_model, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, create_model, field_validator, model_validator
 
 from genpipe.errors import InputError
 from genpipe.models import FAMILIES, Family
-from genpipe.sections import FamilyConfig, Section
+from genpipe.sections import SECRET_WORDS, FamilyConfig, Section, Seed
 
 DEFAULT_PARAMS = Path("params.yaml")
 INCEPTION_FEATURE_DIM = 2048  # the FID Inception-v3's pool3 width (features.extractor=inception)
@@ -120,15 +120,30 @@ class StorageConfig(Section):
 
     endpoint_url: str | None = None  # else AWS_ENDPOINT_URL; empty for AWS itself
     region: str | None = None  # else AWS_DEFAULT_REGION, else us-east-1
-    access_key_id: str | None = None  # else AWS_ACCESS_KEY_ID (prefer the environment)
-    secret_access_key: SecretStr | None = None  # else AWS_SECRET_ACCESS_KEY; never logged
+    access_key_id: SecretStr | None = None  # else AWS_ACCESS_KEY_ID (prefer the environment); never stored
+    secret_access_key: SecretStr | None = None  # else AWS_SECRET_ACCESS_KEY; never logged or stored
     connect_timeout: float = Field(5.0, gt=0.0)  # seconds; an unreachable endpoint fails fast
+
+    @field_validator("access_key_id", "secret_access_key", mode="before")
+    @classmethod
+    def _text_only(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, str):  # e.g. digits YAML read as a number: say so, never echo it
+            raise ValueError("must be a string (quote it)")
+        return v
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _no_credentials_in_url(cls, v: str | None) -> str | None:
+        if v and "@" in v.partition("://")[2].partition("/")[0]:
+            raise ValueError("credentials inside the URL are not accepted; use AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY (or storage.access_key_id / secret_access_key)")
+        return v
 
 
 class GenerateConfig(Section):
     out: str = Field("generated", min_length=1)  # folder, file:///path or s3://bucket/prefix; jobs go to <out>/<family>
     n: int = Field(64, ge=1)  # images per family and job
-    seed: int = Field(0, ge=0)  # image i of a job depends only on (seed, i, batch_size)
+    seed: Seed = 0  # image i of a job depends only on (seed, i, batch_size)
     batch_size: int = Field(64, ge=1)
     runner: Literal["local", "ray"] = "local"  # in-process, or Ray Data actors (pays off at scale)
     num_workers: int = Field(2, ge=1)  # Ray Data actors (each holds one model copy)
@@ -157,10 +172,10 @@ class Config(Section):
     :data:`genpipe.models.FAMILIES` brings its section with it."""
 
     profile: str = "quick"  # name of the entry in `profiles` to apply
-    seed: int = Field(0, ge=0)
+    seed: Seed = 0
     # extra training seeds: each family is also trained with each of these (models/<family>/seeds/<s>/),
     # and the report gives the spread of FID over `seed` and these (training stability)
-    stability_seeds: tuple[NonNegativeInt, ...] = ()
+    stability_seeds: tuple[Seed, ...] = ()
     # trained by the pipeline; default: the first registered family
     families: tuple[str, ...] = Field(default_factory=lambda: tuple(FAMILIES)[:1], min_length=1)
     paths: PathsConfig = PathsConfig()
@@ -311,6 +326,12 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _may_hold_a_secret(key: str, value: Any) -> bool:
+    """A key named like a credential, or a value with a URL's user:password part."""
+    text = str(value)
+    return any(w in key.lower() for w in SECRET_WORDS) or ("://" in text and "@" in text)
+
+
 def _validate(tree: dict[str, Any], where: str, prefix: str = "") -> Config:
     try:
         cfg = validate_config(tree)
@@ -319,6 +340,8 @@ def _validate(tree: dict[str, Any], where: str, prefix: str = "") -> Config:
         key = prefix + ".".join(str(p) for p in err["loc"])
         # a section's own check (model_validator) names its keys: no dump of the whole section
         got = "" if err["type"] == "extra_forbidden" or isinstance(err.get("input"), dict) else f" (got {err.get('input')!r})"
+        if _may_hold_a_secret(key, err.get("input")):  # a secret's value never reaches an error line
+            got = ""
         more = f" [+{exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
         loc = [str(p) for p in err["loc"]]
         if err["type"] == "extra_forbidden" and len(loc) == 2 and loc[0] == "evaluate" and loc[1].endswith("_sweep"):
@@ -361,9 +384,17 @@ def load_config(path: Path | str = DEFAULT_PARAMS, overrides: list[str] = ()) ->
     """Read ``params.yaml``, apply its profile and ``-S`` overrides, validate once."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise InputError(f"{path}: no such params file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a params file") from None
+    except PermissionError:
+        raise InputError(f"{path}: not readable (permission denied)") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

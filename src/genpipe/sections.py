@@ -4,15 +4,40 @@ family's section can sit in its own folder (``models/<family>/config.py``) and t
 
 from __future__ import annotations
 
-from typing import Literal
+import types
+import typing
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+
+SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")  # keys whose values are never shown
+MAX_SEED = 2**31 - 1  # the offsets stages add to a seed stay within numpy's and sklearn's 32-bit seeds
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits a boolean (``bool``, ``bool | None``, ``Any``)."""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_takes_bool(a) for a in typing.get_args(annotation))
+    return False
 
 
 class Section(BaseModel):
-    """Base for every config section: frozen, unknown keys refused."""
+    """Base for every config section: frozen, unknown keys refused, floats finite (no inf, no
+    nan), and a boolean is not a number (``steps: true`` is an error, not 1)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_other_types(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError("a boolean is not accepted here")
+        return value
 
 
 class FamilyConfig(Section):

@@ -40,6 +40,7 @@ from genpipe.errors import InputError
 from genpipe.images import encode_png, to_uint8
 from genpipe.models import sampling_options
 from genpipe.runtime import ensure_ray, progress_bar, reuse_freed_memory
+from genpipe.sections import MAX_SEED
 from genpipe.storage import sha256_file
 from genpipe.storage.objectstore import open_store, safe_key
 
@@ -220,9 +221,11 @@ def generate_images(
 ) -> GenerationResult:
     """Generate ``n`` images into ``out``; every input is checked before the first image."""
     gc = cfg.generate
-    n, seed = n or gc.n, gc.seed if seed is None else seed
-    if n < 1:
-        raise InputError(f"--n {n}: must be at least 1")
+    n, seed = gc.n if n is None else n, gc.seed if seed is None else seed
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # 0 is refused, never the default
+        raise InputError(f"--n {n}: must be an integer of at least 1")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"--seed {seed}: must be an integer in 0..{MAX_SEED}")
     with tempfile.TemporaryDirectory(prefix="genpipe-ckpt-") as workdir:
         ckpt, family = resolve_checkpoint(cfg, family, run_id, Path(workdir))
         out = out or f"{gc.out.rstrip('/')}/{family}"

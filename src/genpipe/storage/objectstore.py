@@ -90,6 +90,13 @@ class LocalStore:
         return (self.root / key).resolve().as_uri()
 
 
+def without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` part of its host removed (for messages)."""
+    scheme, sep, rest = str(url).partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}" if sep else str(url)
+
+
 class S3Store:
     """``s3://bucket/prefix`` through boto3, on AWS or any S3-compatible endpoint."""
 
@@ -99,7 +106,7 @@ class S3Store:
         self.bucket, self.prefix = bucket, prefix
         self.uri = f"s3://{bucket}/{prefix}".rstrip("/")
         session = boto3.session.Session(
-            aws_access_key_id=cfg.access_key_id or None,
+            aws_access_key_id=cfg.access_key_id.get_secret_value() if cfg.access_key_id else None,
             aws_secret_access_key=cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None,
             region_name=cfg.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
         )
@@ -127,7 +134,7 @@ class S3Store:
         except NoCredentialsError:
             raise InputError(f"{self.uri}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)") from None
         except EndpointConnectionError as exc:
-            raise InputError(f"{self.uri}: cannot reach the endpoint {exc.kwargs.get('endpoint_url', '')}") from None
+            raise InputError(f"{self.uri}: cannot reach the endpoint {without_userinfo(exc.kwargs.get('endpoint_url', ''))}") from None
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in ("404", "NoSuchBucket"):

@@ -23,11 +23,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from genpipe.images import make_grid
 from genpipe.results import EvaluationResult
+from genpipe.sections import SECRET_WORDS
 
 MAX_PARAM_LEN = 500  # MLflow's limit on a param value
 # the experiment's type in MLflow 3's UI (its selector shows it); the UI still starts in GenAI mode
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")
 
 
 def tracking_uri() -> str:

@@ -1,0 +1,109 @@
+"""Bad input, as a user gives it on the command line: one line naming the culprit, exit code 2,
+no secret in the line, and nothing written."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from genpipe.artifacts import write_config_json
+from genpipe.cli import main
+from genpipe.config import load_config
+from genpipe.data import prepare_dataset
+from genpipe.storage import atomic_write_bytes
+from genpipe.training import train_family
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    return exit_.value.code, capsys.readouterr().err
+
+
+def outputs(root: Path) -> set[str]:
+    """What the stages write, below ``root``."""
+    return {p.relative_to(root).as_posix() for top in ("data", "models", "metrics", "figures", "generated", "reports")
+            for p in (root / top).rglob("*")}
+
+
+FLOAT_FIELDS = ["vae.weight_decay", "vae.kl_weight", "train.grad_clip", "features.weight_decay",
+                "flow.sampling.temperature", "gan.sampling.truncation", "diffusion.sampling.guidance_scale",
+                "storage.connect_timeout"]
+
+CASES = [  # (argv, what the line must name, what it must not show)
+    *[(["prepare", "-S", f"{key}={value}"], key, None) for key in FLOAT_FIELDS for value in (".inf", ".nan")],
+    (["prepare", "-S", "train.steps=true"], "train.steps", None),  # a boolean is not a number
+    (["prepare", "-S", "vae.latent_dim=false"], "vae.latent_dim", None),
+    (["prepare", "-S", "seed=-7"], "seed", None),
+    (["prepare", "-S", "seed=99999999999999999999"], "seed", None),
+    (["train", "--family", "vae", "--seed", "99999999999999999999"], "--seed", None),
+    (["generate", "--family", "vae", "--seed", "-7"], "--seed", None),
+    (["generate", "--family", "vae", "--n", "0"], "--n", None),  # never the default 64
+    (["generate", "--family", "vae", "--n", "many"], "--n", None),
+    (["latents", "--family", "vae", "--seeds", "0", "99999999999999999999"], "--seeds", None),
+    (["prepare", "-S", "storage.secret_access_key=98765432109876543210"], "storage.secret_access_key", "98765432109876543210"),
+    (["prepare", "-S", "storage.access_key_id=12345678901234567"], "storage.access_key_id", "12345678901234567"),
+    (["prepare", "-S", "storage.endpoint_url=http://me:hunter2@127.0.0.1:9000"], "storage.endpoint_url", "hunter2"),
+]
+
+
+@pytest.mark.parametrize(("argv", "culprit", "hidden"), CASES, ids=[" ".join(c[0]) for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(project, capsys, argv, culprit, hidden):
+    code, err = run_cli(argv, capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1 and culprit in err, err
+    if hidden is not None:
+        assert hidden not in err
+    assert outputs(project) == set()
+
+
+@pytest.mark.parametrize("content", [b"seed: 0\n\xff\xfe broken\n", None], ids=["not UTF-8", "a directory"])
+def test_a_params_file_that_is_no_text_file_is_one_line(project, capsys, content):
+    params = project / "other.yaml"
+    if content is None:
+        params.mkdir()
+    else:
+        params.write_bytes(content)
+    code, err = run_cli(["prepare", "--params", str(params)], capsys)
+    assert code == 2 and err.count("\n") == 1 and str(params) in err, err
+    assert ("UTF-8" if content else "directory") in err
+
+
+def test_credentials_given_as_params_never_reach_a_stored_config(project):
+    cfg = load_config("params.yaml", ["storage.access_key_id=AKIAGENPIPETEST", "storage.secret_access_key=s3cr3t-value"])
+    assert cfg.storage.access_key_id.get_secret_value() == "AKIAGENPIPETEST"  # still usable by the store
+    write_config_json(project / "models/vae", cfg.to_dict())  # what sits beside a checkpoint (and in MLflow)
+    text = (project / "models/vae/config.json").read_text()
+    assert "AKIAGENPIPETEST" not in text and "s3cr3t-value" not in text
+
+
+def test_atomic_writes_get_the_mode_a_plain_write_would(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "a.png", b"x")
+        (tmp_path / "plain").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "a.png").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o644
+
+
+def test_evaluate_writes_nothing_when_an_input_is_missing(project):
+    """The feature network is missing: the figures a previous evaluation left stay as they were
+    (evaluate measures everything first and writes last)."""
+    cfg = load_config("params.yaml")
+    prepare_dataset(cfg)
+    train_family(cfg, "vae")
+    figure = project / "figures/vae/samples.png"
+    figure.parent.mkdir(parents=True)
+    figure.write_bytes(b"an earlier evaluation's grid")
+    from genpipe.errors import InputError
+    from genpipe.evaluation.stage import evaluate_family
+
+    with pytest.raises(InputError, match="run `genpipe features` first"):
+        evaluate_family(cfg, "vae")
+    assert figure.read_bytes() == b"an earlier evaluation's grid"
+    assert not (project / "metrics").exists()
