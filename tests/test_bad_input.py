@@ -107,3 +107,85 @@ def test_evaluate_writes_nothing_when_an_input_is_missing(project):
         evaluate_family(cfg, "vae")
     assert figure.read_bytes() == b"an earlier evaluation's grid"
     assert not (project / "metrics").exists()
+
+
+# ----------------------------------------------------------------------------- inputs found broken inside a stage
+
+
+def runs(mlflow_uri: str) -> int:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("genpipe")
+    return 0 if experiment is None else len(client.search_runs([experiment.experiment_id], max_results=10_000))
+
+
+def _break_shard(shard: Path, how: str) -> None:
+    import json
+
+    from genpipe.storage import sha256_file
+
+    data = bytearray(shard.read_bytes())
+    if how.startswith("truncated"):
+        shard.write_bytes(bytes(data[: len(data) // 2]))
+        if how.endswith("card updated"):  # its hash matches: the reader itself must say it cannot read it
+            card_path = shard.parent / "card.json"
+            card = json.loads(card_path.read_text())
+            next(s for s in card["shards"] if s["path"] == shard.name)["sha256"] = sha256_file(shard)
+            card_path.write_text(json.dumps(card))
+    else:  # one flipped bit in the middle: Parquet may still read it, the card's sha256 does not match
+        data[len(data) // 2] ^= 0x10
+        shard.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "one bit flipped", "truncated, card updated"])
+def test_a_broken_shard_is_one_line_naming_it_and_no_run_is_created(project, mlflow_uri, capsys, how):
+    assert main_ok(["prepare"], capsys)
+    shard = next((project / "data/prepared").glob("*.parquet"))
+    _break_shard(shard, how)
+    before = runs(mlflow_uri)
+    capsys.readouterr()  # MLflow's own log lines when its store is first opened
+    for argv in (["train", "--family", "vae"], ["features"]):
+        code, err = run_cli(argv, capsys)
+        assert code == 2 and err.count("\n") == 1 and shard.name in err, err
+    assert runs(mlflow_uri) == before and not (project / "models").exists()
+
+
+def test_a_card_that_is_no_card_is_one_line(project, capsys):
+    assert main_ok(["prepare"], capsys)
+    (project / "data/prepared/card.json").write_text("{}")
+    code, err = run_cli(["train", "--family", "vae"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "card.json: not a dataset card (shape" in err, err
+
+
+def test_settings_the_data_cannot_take_fail_before_a_run_exists(project, mlflow_uri, capsys):
+    assert main_ok(["prepare"], capsys)
+    before = runs(mlflow_uri)
+    capsys.readouterr()
+    for override in ("diffusion.channel_mults=[1,2,2,2,2]", "flow.steps_per_level=[1,1,1,1,1]", "gmm.pca_components=1000"):
+        family = override.split(".")[0]
+        code, err = run_cli(["train", "--family", family, "-S", override], capsys)
+        assert code == 2 and err.count("\n") == 1 and family in err, err
+    assert runs(mlflow_uri) == before and not (project / "models").exists()
+
+
+def test_a_checkpoint_that_is_not_complete_is_one_line_in_generate_and_resume(project, capsys):
+    import torch
+
+    assert main_ok(["prepare"], capsys)
+    folder = project / "models/vae"
+    folder.mkdir(parents=True)
+    torch.save({"format": 1, "family": "vae", "step": 1, "total_steps": 1, "model": {}, "ema": {}, "meta": {}},
+               folder / "checkpoint.pt")  # no config: loads under weights_only all the same
+    code, err = run_cli(["generate", "--family", "vae", "--n", "2"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "checkpoint.pt: not a complete genpipe checkpoint ('config'" in err, err
+    assert not (project / "generated").exists()
+    torch.save({"format": 1, "family": "vae", "step": 1, "total_steps": 5, "model": {}, "ema": {}, "meta": {},
+                "config": {"vae": {"lr": "fast"}}}, folder / "last.pt")  # a config today's genpipe refuses
+    code, err = run_cli(["train", "--family", "vae", "--resume"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "last.pt: its config is not one this genpipe reads (vae.lr" in err, err
+
+
+def main_ok(argv: list[str], capsys) -> bool:
+    code, err = run_cli(argv, capsys)
+    return code == 0 or pytest.fail(err)

@@ -30,7 +30,7 @@ import torch
 from genpipe.config import validate_config
 from genpipe.data import read_card
 from genpipe.errors import InputError
-from genpipe.models import ImageSpec, get_family
+from genpipe.models import FAMILIES, ImageSpec, get_family
 from genpipe.runtime import isolated_rng
 from genpipe.storage import atomic_write_bytes
 
@@ -77,7 +77,27 @@ def load_checkpoint(path: Path | str) -> dict[str, Any]:
         raise InputError(f"{path}: not a readable genpipe checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path}: not a genpipe checkpoint (format {FORMAT})")
+    for key, kind in CHECKPOINT_KEYS.items():
+        if not isinstance(state.get(key), kind):
+            raise InputError(f"{path}: not a complete genpipe checkpoint ({key!r} missing or not a {kind.__name__})")
+    if not isinstance(state["meta"].get("mlflow_run_id", ""), (str, type(None))):
+        raise InputError(f"{path}: not a complete genpipe checkpoint (meta.mlflow_run_id is not a string)")
     return state
+
+
+CHECKPOINT_KEYS = {"family": str, "step": int, "total_steps": int, "model": dict, "ema": dict, "config": dict, "meta": dict}
+
+
+def trained_config(path: Path | str, state: dict[str, Any]):
+    """The config a checkpoint was trained with, validated; an :class:`InputError` naming the file
+    and the first bad key when today's genpipe cannot read it."""
+    try:
+        return validate_config(state["config"])
+    except ValueError as exc:  # pydantic's ValidationError
+        first = exc.errors()[0] if hasattr(exc, "errors") else {"loc": (), "msg": str(exc)}
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"{path}: its config is not one this genpipe reads ({where + ': ' if where else ''}"
+                         f"{first['msg']}); train it again") from None
 
 
 def checkpoint_state(*, family: str | None, step: int, total_steps: int, seconds: float, model: dict[str, Any],
@@ -124,8 +144,10 @@ def load_model(path: Path | str, shape: tuple[int, int, int], num_classes: int, 
     """The EMA weights of a checkpoint in a model built from the config it was trained with
     (not today's params), in eval mode; returns (model, checkpoint state)."""
     state = load_checkpoint(path)
-    trained = validate_config(state["config"])
+    trained = trained_config(path, state)
     family = state["family"]
+    if family not in FAMILIES:
+        raise InputError(f"{path}: its family {family!r} is not registered here")
     with isolated_rng():  # its initial weights, overwritten below, draw nothing from other threads' streams
         model = get_family(family).build(trained.family(family), ImageSpec(tuple(shape), num_classes))
     ema = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}

@@ -100,10 +100,15 @@ def test_ema_warms_up_and_tracks_the_weights():
 
 
 def test_checkpoint_round_trip_and_bad_files(tmp_path):
-    state = {"format": 1, "step": 3, "model": {"w": torch.arange(4.0)}, "rng": [{"torch": torch.get_rng_state()}], "config": {"a": [1, 2]}}
+    state = {"format": 1, "family": "vae", "step": 3, "total_steps": 3, "model": {"w": torch.arange(4.0)}, "ema": {},
+             "rng": [{"torch": torch.get_rng_state()}], "config": {"a": [1, 2]}, "meta": {}}
     save_checkpoint(tmp_path / "c.pt", state)
     back = load_checkpoint(tmp_path / "c.pt")
     assert back["step"] == 3 and torch.equal(back["model"]["w"], state["model"]["w"]) and back["config"] == {"a": [1, 2]}
+    for key in ("config", "meta", "family"):  # loads under weights_only, but is not a checkpoint to use
+        save_checkpoint(tmp_path / "part.pt", {k: v for k, v in state.items() if k != key})
+        with pytest.raises(InputError, match=rf"part.pt: not a complete genpipe checkpoint \('{key}' missing"):
+            load_checkpoint(tmp_path / "part.pt")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="bad.pt: not a readable genpipe checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
@@ -240,3 +245,44 @@ def test_freed_tensor_memory_is_reused_instead_of_faulted_in_again():
     assert ok
     assert untuned >= 10 * 8  # every 8 MB tensor mapped and faulted in afresh (~2,000 pages, fewer with huge pages)
     assert tuned * 10 < untuned
+
+
+def test_a_non_finite_loss_fails_with_one_line_and_keeps_the_last_checkpoint(project):
+    """Divergence is not a finished run: the step and the values are named, the weights of the
+    last checkpoint are what stays, and nothing is stepped with a nan gradient."""
+    from genpipe.models.base import OptimizerGroup
+    from genpipe.training.loop import train_loop
+    from genpipe.training.world import LocalWorld
+
+    class Diverging(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+            self.calls = 0
+
+        def optimizer_groups(self):
+            return {"model": OptimizerGroup([self.w], 1e-2, (0.9, 0.999), 0.0)}
+
+        def training_losses(self, x, labels, phase):
+            self.calls += 1
+            return {"loss": self.w.sum() * (float("nan") if self.calls == 5 else 1.0)}
+
+        def sample(self, n, labels=None, generator=None, options=None):
+            return torch.zeros(n, 1, 8, 8)
+
+    saved = []
+
+    class Keep:
+        def save(self, state, step, final, metrics):
+            saved.append((step, state["model"]["w"].clone()))
+
+    cfg = load_config("params.yaml", ["train.checkpoint_every=2", "train.sample_every=1000"]).train
+    data = type("Split", (), {"images": torch.zeros(64, 1, 8, 8, dtype=torch.uint8),
+                              "labels": torch.zeros(64, dtype=torch.long), "__len__": lambda self: 64})()
+    model = Diverging()
+    with pytest.raises(InputError, match=r"^vae: training diverged at step 5 \(loss nan, gradient norm nan\); "
+                                         r"the last checkpoint \(step 4\) is kept"):
+        train_loop(model, data, cfg, seed=0, device=torch.device("cpu"), world=LocalWorld(), logger=None,
+                   checkpointer=Keep(), meta={"family": "vae"})
+    assert [s for s, _ in saved] == [2, 4]
+    assert torch.isfinite(model.w).all()  # the nan gradient never reached the weights

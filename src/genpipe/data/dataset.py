@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
@@ -35,10 +36,13 @@ class ImageSplit:
         return int(self.card["num_classes"])
 
 
-def load_split(data_dir: Path | str, split: str, verify: bool = False) -> ImageSplit:
+def load_split(data_dir: Path | str, split: str, verify: bool = True) -> ImageSplit:
     """Load ``split`` ("train", "val" or "test") of the dataset in ``data_dir``.
 
-    With ``verify``, each shard's sha256 is checked against the card first.
+    Each shard's sha256 is checked against the card first (``verify``; a changed bit would
+    otherwise train on wrong pixels or labels under the card's sha256), and every label must be
+    one of the card's classes. A missing, changed or unreadable shard is an :class:`InputError`
+    naming it.
     """
     data_dir = Path(data_dir)
     card = read_card(data_dir)
@@ -50,12 +54,23 @@ def load_split(data_dir: Path | str, split: str, verify: bool = False) -> ImageS
             raise InputError(f"{path}: shard listed in {data_dir / 'card.json'} is missing")
         if verify and sha256_file(path) != shard["sha256"]:
             raise InputError(f"{path}: sha256 does not match {data_dir / 'card.json'}")
-        table = pq.read_table(path, columns=["split", "label", "pixels"])
-        table = table.filter(pc.equal(table["split"], split))
-        if table.num_rows:
+        try:
+            table = pq.read_table(path, columns=["split", "label", "pixels"])
+            table = table.filter(pc.equal(table["split"], split))
             buf = b"".join(table["pixels"].to_pylist())
-            images.append(np.frombuffer(buf, dtype=np.uint8).reshape(-1, c, h, w))
-            labels.append(table["label"].to_numpy().astype(np.int64))
+            pixels = np.frombuffer(buf, dtype=np.uint8).reshape(-1, c, h, w)
+            ys = table["label"].to_numpy().astype(np.int64)
+        except (pa.ArrowException, OSError, ValueError) as exc:  # truncated, corrupt, or another layout
+            raise InputError(f"{path}: not a readable shard of this dataset ({type(exc).__name__}); "
+                             "run `genpipe prepare` again") from None
+        if len(ys) != len(pixels):
+            raise InputError(f"{path}: {len(ys)} labels for {len(pixels)} images; run `genpipe prepare` again")
+        if len(ys) and (ys.min() < 0 or ys.max() >= card["num_classes"]):
+            raise InputError(f"{path}: label {int(ys.max()) if ys.max() >= card['num_classes'] else int(ys.min())} "
+                             f"is not one of the card's {card['num_classes']} classes")
+        if len(ys):
+            images.append(pixels)
+            labels.append(ys)
     if not images:
         raise InputError(f"{data_dir}: split {split!r} is empty")
     return ImageSplit(

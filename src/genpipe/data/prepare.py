@@ -105,8 +105,37 @@ def read_card(data_dir: Path | str) -> dict:
     """The dataset card of a prepared dataset; :class:`InputError` if it is missing."""
     path = Path(data_dir) / CARD
     try:
-        return json.loads(path.read_text())
+        card = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: no prepared dataset here; run `genpipe prepare` first") from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise InputError(f"{path}: not valid JSON; run `genpipe prepare` again") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if (problem := _card_problem(card)) is not None:
+        raise InputError(f"{path}: not a dataset card ({problem}); run `genpipe prepare` again")
+    return card
+
+
+def _card_problem(card) -> str | None:
+    """What makes ``card`` unusable as a dataset card, or None."""
+    if not isinstance(card, dict):
+        return "not a JSON object"
+    shape = card.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(d) is int and d > 0 for d in shape)):
+        return "shape: expected [C, H, W] of positive integers"
+    if not (type(card.get("num_classes")) is int and card["num_classes"] > 0):
+        return "num_classes: expected a positive integer"
+    counts = card.get("counts")
+    if not (isinstance(counts, dict) and all(type(counts.get(s)) is int and counts[s] >= 0 for s in SPLITS)):
+        return f"counts: expected an integer for each of {', '.join(SPLITS)}"
+    shards = card.get("shards")
+    if not (isinstance(shards, list) and shards and all(
+            isinstance(s, dict) and isinstance(s.get("path"), str) and isinstance(s.get("sha256"), str) for s in shards)):
+        return "shards: expected a list of {path, sha256}"
+    if any(Path(s["path"]).is_absolute() or ".." in Path(s["path"]).parts for s in shards):
+        return "shards: a path outside the dataset folder"
+    for key in ("sha256", "source"):
+        if not isinstance(card.get(key), str):
+            return f"{key}: expected a string"
+    return None

@@ -33,8 +33,8 @@ import pyarrow.parquet as pq
 import torch
 
 from genpipe import tracking
-from genpipe.artifacts import FINAL, load_checkpoint, load_model, trained_checkpoint
-from genpipe.config import Config, StorageConfig, validate_config
+from genpipe.artifacts import FINAL, load_checkpoint, load_model, trained_checkpoint, trained_config
+from genpipe.config import Config, StorageConfig
 from genpipe.data import read_card
 from genpipe.errors import InputError
 from genpipe.images import encode_png, to_uint8
@@ -232,7 +232,7 @@ def generate_images(
         card = read_card(cfg.paths.data)
         label_list = parse_labels(labels, n, card["num_classes"])
         state = load_checkpoint(ckpt)
-        conditional = validate_config(state["config"]).family(family).conditional
+        conditional = trained_config(ckpt, state).family(family).conditional
         if label_list is not None and not conditional:
             raise InputError(f"--labels {labels}: the {family} model in {ckpt.name} is unconditional")
         store = open_store(out, cfg.storage)

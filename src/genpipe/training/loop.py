@@ -21,9 +21,10 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from genpipe.config import TrainConfig
 from genpipe.artifacts import checkpoint_state
+from genpipe.config import TrainConfig
 from genpipe.data import ImageSplit
+from genpipe.errors import InputError
 from genpipe.images import to_model_range, to_uint8
 from genpipe.training.ema import make_ema
 
@@ -143,14 +144,26 @@ class _Window:
 def _phase_step(step_module: nn.Module, opt: torch.optim.Optimizer, params: list, x: torch.Tensor,
                 y: torch.Tensor, phase: str, cfg: TrainConfig, device: torch.device,
                 precision: str) -> dict[str, torch.Tensor]:
-    """One optimizer step of one phase; returns its losses and the pre-clip gradient norm."""
+    """One optimizer step of one phase; returns its losses and the pre-clip gradient norm. A
+    non-finite gradient norm (the same on every rank: it is taken after DDP's all-reduce) raises
+    :class:`NonFiniteTraining` before the step, so the weights stay the last finite ones."""
     with _autocast(device, precision):
         losses = step_module(x, y, phase)
     opt.zero_grad(set_to_none=True)
     losses["loss"].backward()
     grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    if not torch.isfinite(grad_norm):
+        raise NonFiniteTraining(float(losses["loss"].detach()), float(grad_norm))
     opt.step()
     return {**losses, "grad_norm": grad_norm}
+
+
+class NonFiniteTraining(Exception):
+    """A phase's gradient norm came out inf or nan (the loss with it, usually)."""
+
+    def __init__(self, loss: float, grad_norm: float):
+        super().__init__(f"loss {loss:.4g}, gradient norm {grad_norm:.4g}")
+        self.loss, self.grad_norm = loss, grad_norm
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -204,6 +217,7 @@ def train_loop(
 
     images_per_step = cfg.batch_size * world.world_size
     window, last, first_step, t0 = _Window(), {}, step, time.perf_counter()
+    saved = step if resume is not None else 0  # the step of the newest checkpoint this run can go back to
     seconds_before = float(resume.get("train_seconds", 0.0)) if resume is not None else 0.0
     bar = world.progress(cfg.steps, step, meta.get("family", "train"))
     sample_seed = seed + 1_000_003  # the same noise at every step: grids are comparable
@@ -215,7 +229,13 @@ def train_loop(
         for phase, opt in optimizers.items():
             for pg in opt.param_groups:
                 pg["lr"] = groups[phase].lr * factor
-            losses = _phase_step(step_module, opt, groups[phase].params, x, y, phase, cfg, device, precision)
+            try:
+                losses = _phase_step(step_module, opt, groups[phase].params, x, y, phase, cfg, device, precision)
+            except NonFiniteTraining as bad:
+                kept = f"the last checkpoint (step {saved}) is kept" if saved else "no checkpoint was written"
+                raise InputError(f"{meta.get('family', 'train')}: training diverged at step {step + 1} "
+                                 f"({'' if len(optimizers) == 1 else phase + ' phase, '}{bad}); {kept}: "
+                                 "lower the learning rate or check the settings") from None
             window.add(losses, "" if len(optimizers) == 1 else f"{phase}/")
         ema.update_parameters(model)
         step += 1
@@ -242,6 +262,7 @@ def train_loop(
                                       meta=meta, world_size=world.world_size)
                      if world.rank == 0 else None)
             checkpointer.save(state, step, final=final, metrics=last)
+            saved = step
     bar.close()
     seconds = time.perf_counter() - t0
     return LoopResult(step, last, seconds, (step - first_step) * images_per_step / max(seconds, 1e-9))

@@ -15,14 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from genpipe import tracking
-from genpipe.artifacts import CONFIG, FINAL, LAST, family_dir, load_checkpoint, seed_dir, write_config_json
+from genpipe.artifacts import CONFIG, FINAL, LAST, family_dir, load_checkpoint, seed_dir, trained_config, write_config_json
 from genpipe.config import Config
-from genpipe.data import read_card
+from genpipe.data import ImageSplit, load_split, read_card
 from genpipe.errors import InputError
-from genpipe.models import get_family
-from genpipe.runtime import configure_cpu, pick_device
-from genpipe.training.fit import LocalCheckpointer, fit
+from genpipe.images import to_model_range
+from genpipe.models import ImageSpec, get_family
+from genpipe.runtime import configure_cpu, isolated_rng, pick_device
+from genpipe.training.fit import LocalCheckpointer, build_model, fit
 from genpipe.training.ray_train import train_with_ray
 from genpipe.training.world import LocalWorld
 
@@ -51,6 +54,9 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
 
 def _resume_state(cfg: Config, family: str, out_dir: Path) -> dict[str, Any]:
     state = load_checkpoint(out_dir / LAST)
+    trained_config(out_dir / LAST, state)  # readable by today's genpipe, or one line saying not
+    if state["family"] != family or not state["meta"].get("mlflow_run_id"):
+        raise InputError(f"--resume: {out_dir / LAST} is not a {family} run to continue")
     now = cfg.to_dict()
     then = state["config"]
     for section in (*RESUME_SECTIONS, family):
@@ -69,6 +75,26 @@ def _check_inputs(cfg: Config, family: str, card: dict) -> None:
         )
     if tc.runner == "local":
         pick_device(tc.device)  # fails now if cuda is asked for and absent
+    _preflight(cfg, family, load_split(cfg.paths.data, "train"))  # the shards' hashes and labels too
+
+
+def _preflight(cfg: Config, family: str, data: ImageSplit) -> None:
+    """Build the family's model for this data and, for a family trained by steps, take each
+    phase's loss on two images: settings the data cannot take fail here, before a run exists."""
+    spec = ImageSpec(data.shape, data.num_classes)
+    with isolated_rng():
+        model = build_model(cfg, family, spec)
+    if get_family(family).trainer == "fit":
+        return
+    x, y = to_model_range(data.images[:2]), data.labels[:2]
+    try:
+        with isolated_rng(), torch.no_grad():
+            for phase in model.optimizer_groups():
+                model.training_losses(x, y, phase)
+    except (RuntimeError, ValueError, IndexError) as exc:  # shapes that do not fit, from torch
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{family}: its settings do not fit {spec.shape[1]}x{spec.shape[2]} images of "
+                         f"{cfg.paths.data} ({first})") from None
 
 
 def train_family(
@@ -120,6 +146,9 @@ def train_family(
         tracking.log_artifact(run_id, final, "checkpoint", uri=uri)
         tracking.log_artifact(run_id, out_dir / CONFIG, "checkpoint", uri=uri)
         ok = True
+    except InputError as exc:  # found only once training ran: the run says why, and the line says where it is
+        tracking.set_tags(run_id, {"genpipe.failure": str(exc)[:500]}, uri=uri)
+        raise InputError(f"{exc} (MLflow run {run_id} marked FAILED)") from None
     finally:
         tracking.end_run(run_id, ok=ok, uri=uri)
     return TrainOutcome(family, run_id, final, step, losses, seconds)
