@@ -189,3 +189,16 @@ def test_a_checkpoint_that_is_not_complete_is_one_line_in_generate_and_resume(pr
 def main_ok(argv: list[str], capsys) -> bool:
     code, err = run_cli(argv, capsys)
     return code == 0 or pytest.fail(err)
+
+
+def test_sampling_settings_the_model_refuses_leave_no_output_folder(project, capsys):
+    """guidance on an unconditional diffusion model fails in the first batch, after the store's
+    pre-flight check: that check leaves nothing behind, so no empty output folder does either."""
+    assert main_ok(["prepare"], capsys)
+    small = ["-S", "diffusion.timesteps=10", "-S", "diffusion.channels=8", "-S", "diffusion.channel_mults=[1,2]",
+             "-S", "diffusion.attention_levels=[]", "-S", "diffusion.sampling.steps=2", "-S", "diffusion.steps=2"]
+    assert main_ok(["train", "--family", "diffusion", *small], capsys)
+    code, err = run_cli(["generate", "--family", "diffusion", "--n", "2", "--out", "out/here", *small,
+                         "-S", "diffusion.sampling.guidance_scale=3"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "guidance_scale" in err, err
+    assert not (project / "out").exists()

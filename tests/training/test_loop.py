@@ -188,6 +188,33 @@ def test_resume_continues_the_same_run_steps_and_random_stream(project, monkeypa
     assert not last.exists()
 
 
+def test_resume_after_a_kill_between_checkpoints_logs_each_step_once(project, monkeypatch, mlflow_uri):
+    """Killed at step 30 (checkpoint at 20): the resumed run recomputes 25 and 30 but MLflow keeps
+    one point per step, and its train_seconds is the loop's time over both segments."""
+    from genpipe.tracking import MlflowTrainLogger
+
+    cfg = load_config("params.yaml")
+    prepare_dataset(cfg)
+    original = MlflowTrainLogger.log_metrics
+
+    def die_after_30(self, step, metrics):
+        original(self, step, metrics)
+        if step == 30:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MlflowTrainLogger, "log_metrics", die_after_30)
+    with pytest.raises(KeyboardInterrupt):
+        train_family(cfg, "vae")
+    monkeypatch.setattr(MlflowTrainLogger, "log_metrics", original)
+    run_id = load_checkpoint(project / "models/vae/last.pt")["meta"]["mlflow_run_id"]
+    client = MlflowClient(mlflow_uri)
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [5, 10, 15, 20, 25, 30]
+    resumed = train_family(cfg, "vae", resume=True)
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == list(range(5, 41, 5))
+    seconds = load_checkpoint(resumed.checkpoint)["train_seconds"]
+    assert client.get_run(run_id).data.metrics["train_seconds"] == pytest.approx(seconds)
+
+
 def test_resume_without_an_interrupted_run_is_an_input_error(project):
     prepare_dataset(load_config("params.yaml"))
     with pytest.raises(InputError, match="last.pt: no checkpoint here"):

@@ -12,6 +12,7 @@ unreachable endpoint fail there, with one line naming the URI, before any work i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -62,6 +63,9 @@ class LocalStore:
         return self.root.as_posix()
 
     def check(self) -> None:
+        """That files can be written here; leaves no trace (the folders it made for the probe go
+        again), so a job that fails after the check leaves no empty output folder."""
+        made = [p for p in (self.root, *self.root.parents) if not p.exists()]
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".genpipe-write-check-{uuid.uuid4().hex}"
@@ -69,6 +73,10 @@ class LocalStore:
             probe.unlink()
         except OSError as exc:
             raise InputError(f"{self.uri}: cannot write here ({exc.strerror or type(exc).__name__})") from None
+        finally:
+            for folder in made:  # innermost first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
         atomic_write_bytes(self.root / key, data)

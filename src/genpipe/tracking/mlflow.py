@@ -151,18 +151,32 @@ def end_run(run_id: str, ok: bool, uri: str | None = None) -> None:
 
 
 class MlflowTrainLogger:
-    """The training loop's logger: losses per step and sample grids (image series ``samples``)."""
+    """The training loop's logger: losses per step and sample grids (image series ``samples``).
 
-    def __init__(self, run_id: str, uri: str):
-        self.run_id, self.uri = run_id, uri
+    ``after_step``: a resumed run's steps up to this one are in the run already (logged before the
+    interruption, between its last checkpoint and the kill) and are not logged twice; a resumed
+    run recomputes them bit-identically."""
+
+    def __init__(self, run_id: str, uri: str, after_step: int = 0):
+        self.run_id, self.uri, self.after_step = run_id, uri, after_step
         self._client = client(uri)
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if step <= self.after_step:
+            return
         ts = int(time.time() * 1000)
         self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
 
     def log_samples(self, step: int, images: torch.Tensor) -> None:
-        self._client.log_image(self.run_id, make_grid(images), key="samples", step=step)
+        if step > self.after_step:
+            self._client.log_image(self.run_id, make_grid(images), key="samples", step=step)
+
+
+def last_logged_step(run_id: str, uri: str | None = None) -> int:
+    """The highest step of any metric of ``run_id`` (0 for none): where a resumed run's logging goes on."""
+    c = client(uri)
+    keys = c.get_run(run_id).data.metrics
+    return max((m.step for key in keys for m in c.get_metric_history(run_id, key)), default=0)
 
 
 def start_pipeline_run(cfg, card: dict[str, Any]) -> str:

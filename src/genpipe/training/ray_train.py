@@ -141,7 +141,8 @@ def _worker(config: dict[str, Any]) -> None:
             resume = load_checkpoint(Path(d) / CKPT_FILE)
     elif config.get("resume_ref") is not None:
         resume = ray.get(config["resume_ref"])
-    logger = MlflowTrainLogger(config["run_id"], config["tracking_uri"]) if world.rank == 0 else None
+    logger = (MlflowTrainLogger(config["run_id"], config["tracking_uri"], config.get("logged_until", 0))
+              if world.rank == 0 else None)
     fit(
         cfg,
         config["family"],
@@ -181,7 +182,7 @@ class LeanTorchTrainer(TorchTrainer):
 
 def train_with_ray(
     cfg, family: str, *, run_id: str, tracking_uri: str, meta: dict[str, Any], family_dir: Path,
-    run_name: str, resume: dict[str, Any] | None,
+    run_name: str, resume: dict[str, Any] | None, logged_until: int = 0,
 ) -> ray.train.Result:
     """Run :func:`_worker` on ``train.num_workers`` Ray Train workers; the Ray ``Result``."""
     ensure_ray()
@@ -197,6 +198,7 @@ def train_with_ray(
             "tracking_uri": tracking_uri,
             "meta": meta,
             "resume_ref": ray.put(resume) if resume is not None else None,
+            "logged_until": logged_until,  # a resumed run's steps MLflow has already
             "interactive": interactive(),  # the driver's terminal, not the worker's
         },
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),

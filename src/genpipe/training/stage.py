@@ -117,8 +117,10 @@ def train_family(
     resume_state = _resume_state(cfg, family, out_dir) if resume else None
     uri = tracking.tracking_uri()
     run_name = f"{family}-{card['source']}" + (f"-seed{seed}" if replicate else "")
+    logged_until = 0
     if resume_state is not None:
         run_id = resume_state["meta"]["mlflow_run_id"]
+        logged_until = tracking.last_logged_step(run_id, uri)
         tracking.client(uri).update_run(run_id, status="RUNNING")
     else:
         tags = {"genpipe.family": family, "genpipe.dataset_sha256": card["sha256"], "genpipe.git_commit": tracking.git_commit(),
@@ -137,12 +139,13 @@ def train_family(
         if resume_state is None:
             tracking.log_dataset(run_id, card, cfg.paths.data, uri=uri)
         step, losses = run_training(cfg, family, out_dir=out_dir, meta=meta, resume=resume_state, run_id=run_id,
-                                    uri=uri, run_name=f"{run_name}-{run_id[:8]}")
+                                    uri=uri, run_name=f"{run_name}-{run_id[:8]}", logged_until=logged_until)
         final, state = _promote(out_dir, cfg, step)
         seconds = time.perf_counter() - t0
         steps_batch = cfg.train_for(family).batch_size if get_family(family).trainer != "fit" else None
         tracking.log_params(run_id, ran_params(state, steps_batch), uri=uri)
-        tracking.log_metrics(run_id, {"train_seconds": seconds}, step=step, uri=uri)
+        # the loop's time over every segment of the run (a resumed run's, too), as evaluation reports it
+        tracking.log_metrics(run_id, {"train_seconds": state.get("train_seconds", seconds)}, step=step, uri=uri)
         tracking.log_artifact(run_id, final, "checkpoint", uri=uri)
         tracking.log_artifact(run_id, out_dir / CONFIG, "checkpoint", uri=uri)
         ok = True
@@ -155,7 +158,7 @@ def train_family(
 
 
 def run_training(cfg: Config, family: str, *, out_dir: Path, meta: dict[str, Any], resume: dict[str, Any] | None,
-                 run_id: str, uri: str, run_name: str) -> tuple[int, dict[str, float]]:
+                 run_id: str, uri: str, run_name: str, logged_until: int = 0) -> tuple[int, dict[str, float]]:
     """Train in this process (the local runner; a fitted family, whose EM is not data-parallel) or
     under Ray Train, leaving ``out_dir/last.pt``; the final step and its losses. The loop logs
     its losses and sample grids to the MLflow run ``run_id``; nothing else here tracks."""
@@ -164,11 +167,11 @@ def run_training(cfg: Config, family: str, *, out_dir: Path, meta: dict[str, Any
         # process (the flow's, with pipeline.threads), whose threads it leaves alone
         configure_cpu(cfg.train.threads if cfg.train.runner == "local" else 0)
         result = fit(cfg, family, world=LocalWorld(), device=pick_device(cfg.train.device),
-                     logger=tracking.MlflowTrainLogger(run_id, uri), checkpointer=LocalCheckpointer(out_dir),
+                     logger=tracking.MlflowTrainLogger(run_id, uri, logged_until), checkpointer=LocalCheckpointer(out_dir),
                      meta=meta, resume=resume)
         return result.step, result.losses
     ray_result = train_with_ray(cfg, family, run_id=run_id, tracking_uri=uri, meta=meta, family_dir=out_dir,
-                                run_name=run_name, resume=resume)
+                                run_name=run_name, resume=resume, logged_until=logged_until)
     return int(ray_result.metrics["step"]), {k: v for k, v in ray_result.metrics.items() if k != "step"}
 
 
