@@ -122,7 +122,9 @@ class StorageConfig(Section):
     region: str | None = None  # else AWS_DEFAULT_REGION, else us-east-1
     access_key_id: SecretStr | None = None  # else AWS_ACCESS_KEY_ID (prefer the environment); never stored
     secret_access_key: SecretStr | None = None  # else AWS_SECRET_ACCESS_KEY; never logged or stored
-    connect_timeout: float = Field(5.0, gt=0.0)  # seconds; an unreachable endpoint fails fast
+    connect_timeout: float = Field(5.0, gt=0.0)  # seconds; an unreachable endpoint fails fast (the pre-flight
+    # check also waits this long for an answer, once, so an endpoint that never answers fails fast too)
+    read_timeout: float = Field(60.0, gt=0.0)  # seconds a request of the job waits for an answer (then retried)
 
     @field_validator("access_key_id", "secret_access_key", mode="before")
     @classmethod

@@ -100,3 +100,64 @@ def test_ray_data_actors_write_the_same_images(in_trained, ray_cluster, bucket):
     b = pq.read_table(io.BytesIO(body))
     assert b["index"].to_pylist() == list(range(24))
     assert a["image_sha256"].to_pylist() == b["image_sha256"].to_pylist()  # same seed, same pixels
+
+
+def test_an_endpoint_that_never_answers_fails_the_pre_flight_at_its_timeout(in_trained, bucket):
+    """It accepts the connection (the kernel does, from the listen backlog) and never replies:
+    the pre-flight check waits storage.connect_timeout once, not the job's read timeout and retries."""
+    import socket
+    import threading
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    cfg = load_config("params.yaml", [f"storage.endpoint_url=http://127.0.0.1:{port}", "storage.connect_timeout=1"])
+    outcome: list[BaseException] = []
+
+    def attempt():
+        try:
+            generate_images(cfg, "vae", n=4, out=f"s3://{bucket}/silent")
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(60)  # a bound on a hang, not a speed measurement: botocore's defaults would wait minutes
+    silent.close()
+    assert not worker.is_alive() and len(outcome) == 1
+    assert isinstance(outcome[0], InputError)
+    assert str(outcome[0]) == (f"s3://{bucket}/silent: the endpoint accepted the connection but did not answer "
+                               "within 1 s (storage.connect_timeout)")
+
+
+def test_a_store_that_fails_mid_job_is_one_line_and_leaves_no_manifest(in_trained, bucket, s3_server, monkeypatch):
+    """The endpoint goes away after the first batch: one line naming the object that failed, the
+    images already stored stay, no manifest is written; the same job run again completes it."""
+    from moto.server import ThreadedMotoServer
+
+    from genpipe.generation.batch import BatchGenerator
+
+    second = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the same in-process buckets
+    second.start()
+    host, port = second.get_host_and_port()
+    cfg = load_config("params.yaml", [f"storage.endpoint_url=http://{host}:{port}", "storage.connect_timeout=1",
+                                      "generate.batch_size=8"])
+    original = BatchGenerator.generate
+
+    def then_the_endpoint_goes(self, b):
+        rows = original(self, b)
+        if b == 0:
+            second.stop()
+        return rows
+
+    monkeypatch.setattr(BatchGenerator, "generate", then_the_endpoint_goes)
+    with pytest.raises(InputError, match=rf"^s3://{bucket}/midjob: writing images/[\w-]+/000008.png failed "
+                                         r"\(EndpointConnectionError, after retries\); the images stored so far stay "
+                                         r"and no manifest was written: run the same job again"):
+        generate_images(cfg, "vae", n=16, out=f"s3://{bucket}/midjob")
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="midjob/")["Contents"]]
+    assert len([k for k in keys if k.endswith(".png")]) == 8 and not [k for k in keys if "manifests/" in k]
+    monkeypatch.setattr(BatchGenerator, "generate", original)
+    again = generate_images(load_config("params.yaml", ["generate.batch_size=8"]), "vae", n=16, out=f"s3://{bucket}/midjob")
+    assert again.num_images == 16

@@ -42,7 +42,7 @@ from genpipe.models import sampling_options
 from genpipe.runtime import ensure_ray, progress_bar, reuse_freed_memory
 from genpipe.sections import MAX_SEED
 from genpipe.storage import sha256_file
-from genpipe.storage.objectstore import open_store, safe_key
+from genpipe.storage.objectstore import StoreFailed, open_store, safe_key
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -189,7 +189,15 @@ def _run_ray(kwargs: dict[str, Any], job: GenerationJob, num_workers: int, use_g
         num_gpus=1 if use_gpu else 0,
         num_cpus=0 if use_gpu else 1,
     )
-    return ds.take_all()
+    try:
+        return ds.take_all()
+    except Exception as exc:  # an actor's InputError arrives wrapped by Ray Data: its one line, not Ray's
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, InputError):
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        if cause is None:
+            raise
+        raise InputError(str(cause)) from None
 
 
 def resolve_checkpoint(cfg: Config, family: str | None, run_id: str | None, workdir: Path) -> tuple[Path, str]:
@@ -245,8 +253,12 @@ def generate_images(
         kwargs = dict(checkpoint=str(ckpt.resolve()), shape=tuple(card["shape"]), num_classes=card["num_classes"],
                       out=out, storage=cfg.storage, job=job, options=options)
         t0 = time.perf_counter()
-        rows = _run_local(kwargs, job) if gc.runner == "local" else _run_ray(kwargs, job, gc.num_workers, gc.use_gpu)
-    buf = io.BytesIO()
-    pq.write_table(manifest_table(rows), buf, compression="zstd")
-    manifest_uri = store.put_bytes(safe_key("manifests", f"{job.job_id}.parquet"), buf.getvalue())
+        try:
+            rows = _run_local(kwargs, job) if gc.runner == "local" else _run_ray(kwargs, job, gc.num_workers, gc.use_gpu)
+            buf = io.BytesIO()
+            pq.write_table(manifest_table(rows), buf, compression="zstd")
+            manifest_uri = store.put_bytes(safe_key("manifests", f"{job.job_id}.parquet"), buf.getvalue())
+        except StoreFailed as exc:
+            raise StoreFailed(f"{exc}; the images stored so far stay and no manifest was written: run the same "
+                              "job again to complete it (it rewrites the same keys)") from None
     return GenerationResult(job.job_id, store.uri, manifest_uri, len(rows), time.perf_counter() - t0)

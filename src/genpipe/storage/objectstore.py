@@ -22,7 +22,7 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
 from genpipe.config import StorageConfig
 from genpipe.errors import InputError
@@ -98,6 +98,10 @@ class LocalStore:
         return (self.root / key).resolve().as_uri()
 
 
+class StoreFailed(InputError):
+    """The object store failed in the middle of a job (after its pre-flight check passed)."""
+
+
 def without_userinfo(url: str) -> str:
     """``url`` with any ``user:password@`` part of its host removed (for messages)."""
     scheme, sep, rest = str(url).partition("://")
@@ -118,17 +122,23 @@ class S3Store:
             aws_secret_access_key=cfg.secret_access_key.get_secret_value() if cfg.secret_access_key else None,
             region_name=cfg.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
         )
-        self.client = session.client(
-            "s3",
-            endpoint_url=cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
-            config=BotoConfig(
-                connect_timeout=cfg.connect_timeout,
-                read_timeout=60,
-                retries={"max_attempts": 3, "mode": "standard"},
-                request_checksum_calculation="when_required",  # non-AWS endpoints
-                response_checksum_validation="when_required",
-            ),
-        )
+        self.connect_timeout = cfg.connect_timeout
+
+        def make_client(read_timeout: float, attempts: int):
+            return session.client(
+                "s3",
+                endpoint_url=cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
+                config=BotoConfig(
+                    connect_timeout=cfg.connect_timeout,
+                    read_timeout=read_timeout,
+                    retries={"max_attempts": attempts, "mode": "standard"},
+                    request_checksum_calculation="when_required",  # non-AWS endpoints
+                    response_checksum_validation="when_required",
+                ),
+            )
+
+        self.client = make_client(cfg.read_timeout, 3)
+        self._probe_client = make_client(cfg.connect_timeout, 1)  # the pre-flight: one try, answered in time or not
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -136,9 +146,9 @@ class S3Store:
     def check(self) -> None:
         probe = self._key(f".genpipe-write-check-{uuid.uuid4().hex}")
         try:
-            self.client.head_bucket(Bucket=self.bucket)
-            self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"")
-            self.client.delete_object(Bucket=self.bucket, Key=probe)
+            self._probe_client.head_bucket(Bucket=self.bucket)
+            self._probe_client.put_object(Bucket=self.bucket, Key=probe, Body=b"")
+            self._probe_client.delete_object(Bucket=self.bucket, Key=probe)
         except NoCredentialsError:
             raise InputError(f"{self.uri}: no AWS credentials (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)") from None
         except EndpointConnectionError as exc:
@@ -150,11 +160,18 @@ class S3Store:
             if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
                 raise InputError(f"{self.uri}: access denied ({code}); check the AWS credentials") from None
             raise InputError(f"{self.uri}: {code or 'error'} from the S3 endpoint") from None
+        except ReadTimeoutError:
+            raise InputError(f"{self.uri}: the endpoint accepted the connection but did not answer within "
+                             f"{self.connect_timeout:g} s (storage.connect_timeout)") from None
         except BotoCoreError as exc:
             raise InputError(f"{self.uri}: cannot reach the endpoint ({type(exc).__name__})") from None
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+        except (BotoCoreError, ClientError) as exc:  # the store failed after the pre-flight: one line, not botocore's
+            code = str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
+            raise StoreFailed(f"{self.uri}: writing {key} failed ({code or type(exc).__name__}, after retries)") from None
         return self.uri_for(key)
 
     def get_bytes(self, key: str) -> bytes:
