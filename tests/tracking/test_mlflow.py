@@ -93,3 +93,15 @@ def test_runs_that_start_together_all_log_the_dataset(tmp_path):
         list(pool.map(log, runs))
     client = MlflowClient(uri)
     assert all(len(client.get_run(r).inputs.dataset_inputs) == 1 for r in runs)
+
+
+def test_metrics_at_step_0_are_logged_and_a_resumed_logger_skips_only_logged_steps(mlflow_uri):
+    run_id = tracking.start_run("genpipe-logger-test", "logger", {}, {}, uri=mlflow_uri)
+    tracking.log_metrics(run_id, {"headline": 1.0}, uri=mlflow_uri)  # step 0, as the pipeline's parent run logs
+    resumed = tracking.MlflowTrainLogger(run_id, mlflow_uri, after_step=30)
+    for step in (25, 30, 35):
+        resumed.log_metrics(step, {"loss": float(step)})
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(run_id).data.metrics["headline"] == 1.0
+    assert [m.step for m in client.get_metric_history(run_id, "loss")] == [35]
+    assert tracking.last_logged_step(run_id, mlflow_uri) == 35

@@ -157,18 +157,21 @@ class MlflowTrainLogger:
     interruption, between its last checkpoint and the kill) and are not logged twice; a resumed
     run recomputes them bit-identically."""
 
-    def __init__(self, run_id: str, uri: str, after_step: int = 0):
+    def __init__(self, run_id: str, uri: str, after_step: int | None = None):
         self.run_id, self.uri, self.after_step = run_id, uri, after_step
         self._client = client(uri)
 
+    def _logged(self, step: int) -> bool:
+        return self.after_step is not None and step <= self.after_step
+
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        if step <= self.after_step:
+        if self._logged(step):
             return
         ts = int(time.time() * 1000)
         self._client.log_batch(self.run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
 
     def log_samples(self, step: int, images: torch.Tensor) -> None:
-        if step > self.after_step:
+        if not self._logged(step):
             self._client.log_image(self.run_id, make_grid(images), key="samples", step=step)
 
 

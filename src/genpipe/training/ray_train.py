@@ -141,7 +141,7 @@ def _worker(config: dict[str, Any]) -> None:
             resume = load_checkpoint(Path(d) / CKPT_FILE)
     elif config.get("resume_ref") is not None:
         resume = ray.get(config["resume_ref"])
-    logger = (MlflowTrainLogger(config["run_id"], config["tracking_uri"], config.get("logged_until", 0))
+    logger = (MlflowTrainLogger(config["run_id"], config["tracking_uri"], config.get("logged_until"))
               if world.rank == 0 else None)
     fit(
         cfg,
@@ -182,7 +182,7 @@ class LeanTorchTrainer(TorchTrainer):
 
 def train_with_ray(
     cfg, family: str, *, run_id: str, tracking_uri: str, meta: dict[str, Any], family_dir: Path,
-    run_name: str, resume: dict[str, Any] | None, logged_until: int = 0,
+    run_name: str, resume: dict[str, Any] | None, logged_until: int | None = None,
 ) -> ray.train.Result:
     """Run :func:`_worker` on ``train.num_workers`` Ray Train workers; the Ray ``Result``."""
     ensure_ray()

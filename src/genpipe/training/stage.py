@@ -117,7 +117,7 @@ def train_family(
     resume_state = _resume_state(cfg, family, out_dir) if resume else None
     uri = tracking.tracking_uri()
     run_name = f"{family}-{card['source']}" + (f"-seed{seed}" if replicate else "")
-    logged_until = 0
+    logged_until = None  # a fresh run has logged nothing
     if resume_state is not None:
         run_id = resume_state["meta"]["mlflow_run_id"]
         logged_until = tracking.last_logged_step(run_id, uri)
@@ -158,7 +158,7 @@ def train_family(
 
 
 def run_training(cfg: Config, family: str, *, out_dir: Path, meta: dict[str, Any], resume: dict[str, Any] | None,
-                 run_id: str, uri: str, run_name: str, logged_until: int = 0) -> tuple[int, dict[str, float]]:
+                 run_id: str, uri: str, run_name: str, logged_until: int | None = None) -> tuple[int, dict[str, float]]:
     """Train in this process (the local runner; a fitted family, whose EM is not data-parallel) or
     under Ray Train, leaving ``out_dir/last.pt``; the final step and its losses. The loop logs
     its losses and sample grids to the MLflow run ``run_id``; nothing else here tracks."""
