@@ -120,9 +120,11 @@ _GLOBAL_RNG = threading.RLock()  # torch's global CPU generator is one per proce
 @contextmanager
 def isolated_rng(seed: int | None = None) -> Iterator[None]:
     """Torch's global CPU RNG for this block alone (seeded with ``seed`` when given), its state
-    restored afterwards; other blocks that take it wait. The pipeline evaluates and generates in
-    threads of one process: without this, building a model in one thread (its weight
-    initialisation draws) shifts a seeded draw in another (torchmetrics' KID subsets)."""
+    restored afterwards; other blocks that take it wait. The pipeline trains the feature network,
+    pre-flights trainings, evaluates and generates in threads of one process: without this,
+    building a model in one thread (its weight initialisation draws) shifts a seeded draw in
+    another (the feature network's initial weights, torchmetrics' KID subsets). Every draw from
+    the global RNG in such a process takes it: one that does not can be shifted or rewound."""
     with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         if seed is not None:
             torch.manual_seed(seed)

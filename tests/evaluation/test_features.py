@@ -228,3 +228,34 @@ def test_inception_weights_errors(trained, inception_file, tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(InputError, match=r"junk\.pth: not a readable torch state dict"):
         load_fid_inception(tmp_path / "junk.pth")
+
+
+def test_the_feature_network_is_the_same_while_another_thread_builds_models(project):
+    """In the pipeline the trainings' pre-flights build models beside the feature network's
+    training: its weights (and so every metric) must not depend on that."""
+    import threading
+
+    from genpipe.config import load_config
+    from genpipe.data import prepare_dataset
+    from genpipe.evaluation.features import train_feature_net
+    from genpipe.models import ImageSpec, get_family
+    from genpipe.runtime import isolated_rng
+
+    cfg = load_config("params.yaml", ["features.steps=20"])
+    prepare_dataset(cfg)
+    alone = train_feature_net(cfg, progress=False)["weights_sha256"]
+    stop = threading.Event()
+
+    def build_again_and_again():
+        while not stop.is_set():
+            with isolated_rng():
+                get_family("vae").build(cfg.family("vae"), ImageSpec((1, 8, 8), 10))
+
+    builder = threading.Thread(target=build_again_and_again)
+    builder.start()
+    try:
+        beside = [train_feature_net(cfg, progress=False)["weights_sha256"] for _ in range(3)]
+    finally:
+        stop.set()
+        builder.join()
+    assert beside == [alone] * 3

@@ -45,7 +45,7 @@ from genpipe.images import to_model_range
 from genpipe.errors import InputError
 from genpipe.evaluation.inception import InceptionV3FID, load_fid_inception
 from genpipe.models.nets.conv import group_norm
-from genpipe.runtime import progress_bar
+from genpipe.runtime import isolated_rng, progress_bar
 from genpipe.storage import atomic_directory, sha256_file
 from genpipe.training.loop import batch_indices, lr_factor
 
@@ -179,8 +179,8 @@ def train_feature_net(cfg: Config, device: torch.device | str = "cpu", progress:
     val = load_split(cfg.paths.data, "val") if val_split == "val" else train
     test = load_split(cfg.paths.data, "test")
 
-    torch.manual_seed(cfg.seed)
-    net = DomainClassifier(train.shape, train.num_classes, fc.width, fc.feature_dim).to(device)
+    with isolated_rng(cfg.seed):  # the pipeline builds models in other threads meanwhile (their pre-flight)
+        net = DomainClassifier(train.shape, train.num_classes, fc.width, fc.feature_dim).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=fc.lr, weight_decay=fc.weight_decay)
     warmup = min(100, fc.steps // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, fc.steps, warmup, 0.0))
