@@ -204,9 +204,7 @@ def finish_pipeline_run(run_id: str, results: dict[str, EvaluationResult], ok: b
     for family, r in results.items():
         if r.likelihood is not None:
             flat[f"{family}.test_bits_per_dim"] = r.likelihood.bits_per_dim
-        for key in ("fid", "kid", "precision", "recall", "density", "coverage", "inception_score", "class_kl"):
-            if isinstance(value := getattr(r.quality, key), (int, float)):
-                flat[f"{family}.{key}"] = value
+        flat |= {f"{family}.{key}": value for key, value in r.quality.summary().items()}
         flat[f"{family}.images_per_s"] = r.speed.images_per_s
     if flat:
         log_metrics(run_id, flat)
