@@ -27,8 +27,10 @@ from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLi
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.deployments.runner import RunnerDeployment
 
+from flows import command_line
 from flows.generate import batch_generation
 from flows.pipeline import pipeline
+from genpipe.cli import OneLineParser
 from genpipe.config import Config, load_config
 
 PIPELINE = "scheduled"
@@ -74,14 +76,18 @@ def _seconds(text: str) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m flows.deployments", description=__doc__.splitlines()[0])
     p.add_argument("action", choices=["serve", "register"])
     p.add_argument("--params", default="params.yaml")
     p.add_argument("--interval", type=_seconds, default=None, metavar="SECONDS",
                    help="run the pipeline every SECONDS seconds instead of on pipeline.schedule")
     args = p.parse_args()
-    deployments = build_deployments(args.params, args.interval)
-    if args.action == "serve":
+    command_line(lambda: _run(args.action, args.params, args.interval))
+
+
+def _run(action: str, params: str, interval: float | None) -> None:
+    deployments = build_deployments(params, interval)
+    if action == "serve":
         serve(*deployments)
     else:
         for d in deployments:

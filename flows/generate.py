@@ -16,7 +16,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 import tasks
+from flows import command_line
+from genpipe.cli import OneLineParser, count_arg, seed_arg
 from genpipe.config import load_config
+from genpipe.models import FAMILIES
 
 ARTIFACT_KEY = "genpipe-batch-generation"  # one key: the UI keeps every job's table under it
 
@@ -59,15 +62,20 @@ def summary_markdown(res: dict[str, Any], family: str | None, run_id: str | None
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="Batch-generate images in one Prefect run.")
-    p.add_argument("--family", default=None, help="default: the first of params' families")
+    p = OneLineParser(prog="python -m flows.generate", description="Batch-generate images in one Prefect run.")
+    p.add_argument("--family", default=None, choices=sorted(FAMILIES), help="default: the first of params' families")
     p.add_argument("--run-id", default=None)
-    p.add_argument("--n", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=count_arg, default=64)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--labels", default=None)
     p.add_argument("--out", default=None)
     p.add_argument("--params", default="params.yaml")
     args = p.parse_args()
+    command_line(lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> None:
+    load_config(args.params)  # bad params: one line, before Prefect starts a server
     res = batch_generation(args.family, args.run_id, args.n, args.seed, args.labels, args.out, args.params)
     print(f"generated {res['num_images']} images -> {res['out']} (manifest {res['manifest_uri']})")
 

@@ -9,7 +9,6 @@ flow run and its task runs show up on that server.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,8 @@ from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
 import tasks
+from flows import command_line
+from genpipe.cli import OneLineParser
 from genpipe.config import load_config
 from genpipe.evaluation.report import plain
 from genpipe.tracking.dvc import is_dvc_repo
@@ -93,11 +94,16 @@ def pipeline(params: str = "params.yaml", overrides: list[str] | None = None) ->
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="Run the genpipe training pipeline on Prefect.")
+    p = OneLineParser(prog="python -m flows.pipeline", description="Run the genpipe training pipeline on Prefect.")
     p.add_argument("--params", default="params.yaml")
     p.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = p.parse_args()
-    result = pipeline(params=args.params, overrides=args.overrides or None)
+    command_line(lambda: _run(args.params, args.overrides or None))
+
+
+def _run(params: str, overrides: list[str] | None) -> None:
+    load_config(params, overrides or [])  # bad params: one line, before Prefect starts a server
+    result = pipeline(params=params, overrides=overrides)
     for family, m in result["metrics"].items():
         ll = f"test {m['estimator']} {m['bits_per_dim']:.3f} bits/dim" if m else "no likelihood"
         print(f"{family}: {ll}; trained in {result['seconds'][family]['train']:.0f}s; images -> {result['generated'][family]['out']}")

@@ -11,27 +11,27 @@ import argparse
 import json
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from genpipe import __version__
 from genpipe.config import load_config
-from genpipe.errors import InputError
+from genpipe.errors import exit_from
 from genpipe.models import FAMILIES
 from genpipe.runtime import reuse_freed_memory
 from genpipe.sections import MAX_SEED
 
 
-def _seed(text: str) -> int:
-    """A ``--seed`` as the params' seeds are: an integer in [0, MAX_SEED]."""
+def seed_arg(text: str) -> int:
+    """argparse's type for a ``--seed``, as the params' seeds are: an integer in [0, MAX_SEED]."""
     value = _int(text)
     if not 0 <= value <= MAX_SEED:
         raise argparse.ArgumentTypeError(f"{value} is outside 0..{MAX_SEED}")
     return value
 
 
-def _positive(text: str) -> int:
+def count_arg(text: str) -> int:
+    """argparse's type for a count (``--n``): an integer of at least 1."""
     value = _int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", parents=[common], help="train one family (in-process or on Ray Train)")
     t.add_argument("--family", required=True, choices=families, help="family to train")
     t.add_argument("--resume", action="store_true", help="continue from models/<family>/last.pt, same MLflow run")
-    t.add_argument("--seed", type=_seed, default=None,
+    t.add_argument("--seed", type=seed_arg, default=None,
                    help="train only this seed: `seed` or one of `stability_seeds` (default: all of them, in turn)")
     t.add_argument("--parent-run-id", default=os.environ.get("GENPIPE_PARENT_RUN_ID"), help=argparse.SUPPRESS)
     sub.add_parser("features", parents=[common], help="train the feature network of every distribution metric")
@@ -78,13 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", parents=[common], help="batch-generate images + a Parquet manifest into a store")
     g.add_argument("--family", default=None, choices=families, help="generate from models/<family>/checkpoint.pt")
     g.add_argument("--run-id", default=None, help="or from the checkpoint artifact of this MLflow run")
-    g.add_argument("--n", type=_positive, default=None, help="number of images, at least 1 (default: generate.n)")
+    g.add_argument("--n", type=count_arg, default=None, help="number of images, at least 1 (default: generate.n)")
     g.add_argument("--out", default=None, help="folder, file:///path or s3://bucket/prefix (default: generate.out/<family>)")
-    g.add_argument("--seed", type=_seed, default=None, help="default: generate.seed")
+    g.add_argument("--seed", type=seed_arg, default=None, help="default: generate.seed")
     g.add_argument("--labels", default=None, help="conditional models: 7, 1,2,3 or balanced")
     w = sub.add_parser("latents", parents=[common], help="interpolations (and traversals) in a family's latent space")
     w.add_argument("--family", required=True, choices=families)
-    w.add_argument("--seeds", type=_seed, nargs=2, default=(0, 1), metavar=("A", "B"), help="walk from seed A to seed B")
+    w.add_argument("--seeds", type=seed_arg, nargs=2, default=(0, 1), metavar=("A", "B"), help="walk from seed A to seed B")
     w.add_argument("--steps", type=_int, default=10, help="frames per walk (at least 2)")
     w.add_argument("--out", default=None, help="folder (default: reports/latents/<family>)")
     return p
@@ -145,15 +145,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        code = run(argv)
-    except InputError as exc:
-        print(f"genpipe: error: {exc}", file=sys.stderr)
-        code = InputError.exit_code
-    except KeyboardInterrupt:
-        print("genpipe: interrupted", file=sys.stderr)
-        code = 130
-    sys.exit(code)
+    exit_from(lambda: run(argv))
 
 
 if __name__ == "__main__":

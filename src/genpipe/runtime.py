@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genpipe.errors import InputError
+from genpipe.reaper import reap_on_exit
 
 
 def interactive() -> bool:
@@ -140,11 +141,13 @@ def local_cluster() -> bool:
 
 
 def ensure_ray() -> None:
-    """Connect to ``RAY_ADDRESS`` if set, else start (or reuse) a local cluster; thread-safe."""
+    """Connect to ``RAY_ADDRESS`` if set, else start (or reuse) a local cluster, which ends with
+    this process however it ends (:func:`genpipe.reaper.reap_on_exit`); thread-safe."""
     # families queue for CPUs in the pipeline: waiting for workers is expected, not a failure
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3600")
     if local_cluster():  # one local node is never preempted: no watcher actor per fit
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        reap_on_exit()
     import ray  # deferred: most commands never start Ray, and importing it costs seconds
 
     with _INIT_LOCK:

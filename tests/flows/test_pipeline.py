@@ -6,6 +6,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import urlparse
 
 import boto3
@@ -130,3 +134,15 @@ def test_the_scheduled_pipeline_runs_one_at_a_time(project, prefect_api):
         refused = client.set_flow_run_state(second.id, Pending())
         assert refused.state.type == StateType.CANCELLED and "concurrency limit" in refused.state.message
         assert client.read_flow_run(second.id).state.type == StateType.CANCELLED
+
+
+def test_make_run_with_bad_params_fails_in_one_line_before_prefect_starts(project):
+    """`make run` (`python -m flows.pipeline`) checks the params before Prefect starts a server."""
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PYTHONPATH=f"{root / 'src'}{os.pathsep}{root}", PREFECT_HOME=str(project / "prefect"))
+    res = subprocess.run([sys.executable, "-m", "flows.pipeline", "-S", "vae.steps=true"], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == "genpipe: error: params.yaml: vae.steps: Value error, a boolean is not accepted here (got True)"
+    assert not (project / "data").exists()
