@@ -51,3 +51,28 @@ def test_ray_train_two_workers_checkpoint_and_mlflow_run(project, ray_cluster, m
     actors = {a.class_name for a in list_actors(address=ray.get_runtime_context().gcs_address, limit=10_000)}
     assert {"TrainController", "RayTrainWorker"} <= actors
     assert not actors & {"DatasetManager", "PlacementGroupCleaner", "PreemptionWatcher"}, actors
+
+
+def test_divergence_on_ray_workers_is_one_line_and_a_failed_run(project, ray_cluster, mlflow_uri, capfd):
+    """A loss that blows up on 2 Ray workers (after the driver's pre-flight passed): the driver's
+    one line names family, step and the run it marked FAILED; the run carries the reason as a
+    tag; no checkpoint is promoted; the workers print no traceback for it."""
+    import re
+    import time
+
+    from genpipe.errors import InputError
+
+    cfg = load_config("params.yaml", ["train.runner=ray", "train.num_workers=2", "train.storage_path=ray",
+                                      "flow.lr=1", "train.grad_clip=1e30"])
+    prepare_dataset(cfg)
+    with pytest.raises(InputError, match=r"^flow: training diverged at step \d+ \(loss .*\); .* "
+                                         r"\(MLflow run [0-9a-f]{32} marked FAILED\)$") as err:
+        train_family(cfg, "flow")
+    run_id = re.search(r"MLflow run ([0-9a-f]{32})", str(err.value)).group(1)
+    run = MlflowClient(mlflow_uri).get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["genpipe.failure"].startswith("flow: training diverged at step")
+    assert not (project / "models/flow/checkpoint.pt").exists()
+    time.sleep(2)  # the workers' log lines reach the driver asynchronously
+    out = capfd.readouterr()
+    assert "Error in training function" not in out.out + out.err

@@ -131,7 +131,7 @@ def _worker(config: dict[str, Any]) -> None:
     if os.path.isdir(config["cwd"]):  # relative paths in params.yaml mean the driver's folder
         os.chdir(config["cwd"])
     cfg = validate_config(config["config"])
-    _quiet_report_log()
+    _quiet_worker_logs()
     world = RayWorld(interactive=config.get("interactive", False),
                      unused_parameters=get_family(config["family"]).unused_parameters)
     configure_cpu(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
@@ -155,15 +155,26 @@ def _worker(config: dict[str, Any]) -> None:
     )
 
 
-def _quiet_report_log() -> None:
+def _quiet_worker_logs() -> None:
     """Ray Train 2.60 logs every ``ray.train.report`` at INFO ("Reporting training result ...")
     under a logger named by its file path, which ``LoggingConfig``'s filter (``ray.train.*``)
-    does not match: that one logger goes to WARNING on the worker."""
-    try:  # a private module: imported here so that another Ray layout only skips this
+    does not match: that one logger goes to WARNING on the worker. And it logs the traceback of
+    whatever the training function raised, bad input (a diverged loss, a corrupt shard) too:
+    for :class:`InputError` the driver's one line is the whole story, so that record is dropped."""
+    try:  # private modules: imported here so that another Ray layout only skips this
+        from ray.train.v2._internal import util
         from ray.train.v2._internal.execution import context
     except ImportError:  # another layout: nothing to quiet
         return
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(util.__name__).addFilter(_not_an_input_error_traceback)
+
+
+def _not_an_input_error_traceback(record: logging.LogRecord) -> bool:
+    """False for Ray Train's "Error in training function" record when the error is an InputError."""
+    text = record.getMessage()
+    last = text.rstrip().rsplit("\n", 1)[-1]
+    return not (text.startswith("Error in training function") and last.startswith(f"{InputError.__module__}.InputError:"))
 
 
 class LeanTorchTrainer(TorchTrainer):
