@@ -37,6 +37,12 @@ CASES = [  # (argv, what the line must name, what it must not show)
     *[(["prepare", "-S", f"{key}={value}"], key, None) for key in FLOAT_FIELDS for value in (".inf", ".nan")],
     (["prepare", "-S", "train.steps=true"], "train.steps", None),  # a boolean is not a number
     (["prepare", "-S", "vae.latent_dim=false"], "vae.latent_dim", None),
+    (["prepare", "-S", "stability_seeds=[true]"], "stability_seeds", None),  # nor inside a list
+    (["prepare", "-S", "vae.betas=[true, 0.9]"], "vae.betas", None),
+    (["prepare", "-S", "evaluate.sweep={diffusion: [{sampler: ddim, steps: true}]}"], "evaluate.sweep.diffusion[0]", None),
+    (["prepare", "-S", "paths.models=params.yaml"], "paths.models", None),  # a file where a folder goes
+    (["prepare", "-S", "paths.metrics=params.yaml/m"], "paths.metrics", None),
+    (["prepare", "-S", "train.storage_path=params.yaml"], "train.storage_path", None),
     (["prepare", "-S", "seed=-7"], "seed", None),
     (["prepare", "-S", "seed=99999999999999999999"], "seed", None),
     (["train", "--family", "vae", "--seed", "99999999999999999999"], "--seed", None),
@@ -149,6 +155,23 @@ def test_a_broken_shard_is_one_line_naming_it_and_no_run_is_created(project, mlf
         code, err = run_cli(argv, capsys)
         assert code == 2 and err.count("\n") == 1 and shard.name in err, err
     assert runs(mlflow_uri) == before and not (project / "models").exists()
+
+
+@pytest.mark.parametrize("store", ["http://me:hunter2@127.0.0.1:{port}", "sqlite:///{project}/no-such-folder/mlflow.db",
+                                   "sqlite:///{project}"])
+def test_a_tracking_store_that_cannot_be_used_is_one_line_at_once(project, capsys, monkeypatch, store):
+    """Not MLflow's four minutes of retries and a traceback: one request, one line, nothing trained."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main_ok(["prepare"], capsys)
+    uri = store.format(port=port, project=project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, err = run_cli(["train", "--family", "vae"], capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith("genpipe: error: MLFLOW_TRACKING_URI "), err
+    assert "hunter2" not in err and not (project / "models").exists()
 
 
 def test_a_card_that_is_no_card_is_one_line(project, capsys):

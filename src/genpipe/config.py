@@ -27,18 +27,18 @@ from pydantic import Field, SecretStr, ValidationError, create_model, field_vali
 
 from genpipe.errors import InputError
 from genpipe.models import FAMILIES, Family
-from genpipe.sections import SECRET_WORDS, FamilyConfig, Section, Seed
+from genpipe.sections import SECRET_WORDS, FamilyConfig, Folder, Section, Seed, check_folder
 
 DEFAULT_PARAMS = Path("params.yaml")
 INCEPTION_FEATURE_DIM = 2048  # the FID Inception-v3's pool3 width (features.extractor=inception)
 
 
 class PathsConfig(Section):
-    data: Path = Path("data/prepared")  # Parquet shards + card.json
-    models: Path = Path("models")  # models/<family>/checkpoint.pt
-    metrics: Path = Path("metrics")  # metrics/<family>.json (DVC metrics)
-    figures: Path = Path("figures")  # figures/<family>/: samples, interpolations, traversals
-    reports: Path = Path("reports")  # reports/comparison.md and .html
+    data: Folder = Path("data/prepared")  # Parquet shards + card.json
+    models: Folder = Path("models")  # models/<family>/checkpoint.pt
+    metrics: Folder = Path("metrics")  # metrics/<family>.json (DVC metrics)
+    figures: Folder = Path("figures")  # figures/<family>/: samples, interpolations, traversals
+    reports: Folder = Path("reports")  # reports/comparison.md and .html
 
 
 class DataConfig(Section):
@@ -68,6 +68,13 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(500, ge=1)  # steps between checkpoints (and one at the end)
     threads: int = Field(0, ge=0)  # torch CPU threads for the local runner; 0 = torch default
     storage_path: str = Field(".ray_results", min_length=1)  # Ray Train run state; s3://... on a cluster
+
+    @field_validator("storage_path")
+    @classmethod
+    def _local_storage_ischeck_folder(cls, v: str) -> str:
+        if "://" not in v:
+            check_folder(Path(v))
+        return v
     max_failures: int = Field(0, ge=0)  # Ray Train restarts from the last checkpoint after a worker dies
 
 

@@ -18,6 +18,13 @@ class InputError(Exception):
     exit_code = 2
 
 
+def without_userinfo(url: str) -> str:
+    """``url`` with any ``user:password@`` part of its host removed (for messages)."""
+    scheme, sep, rest = str(url).partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}" if sep else str(url)
+
+
 def exit_from(entry: Callable[[], int | None]) -> NoReturn:
     """End a command-line entry point: ``entry()``'s code (0 for None); bad input is its one line
     on stderr and exit 2; Ctrl-C is one line and exit 130; anything else keeps its traceback."""

@@ -4,11 +4,11 @@ family's section can sit in its own folder (``models/<family>/config.py``) and t
 
 from __future__ import annotations
 
-import types
 import typing
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 
 SECRET_WORDS = ("secret", "password", "token", "access_key", "credential")  # keys whose values are never shown
@@ -16,26 +16,51 @@ MAX_SEED = 2**31 - 1  # the offsets stages add to a seed stay within numpy's and
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 
 
+def check_folder(path: Path) -> Path:
+    """``path`` if it is a folder or one can be made there: neither it nor a folder above it is a file."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise ValueError(f"{p} is a file, not a folder" if p == path else f"{p}, above it, is a file")
+            break
+    return path
+
+
+Folder = Annotated[Path, AfterValidator(check_folder)]  # a local output folder (made when first written)
+
+
 def _takes_bool(annotation: Any) -> bool:
-    """Whether a field's type admits a boolean (``bool``, ``bool | None``, ``Any``)."""
-    if annotation is bool or annotation is Any:
+    """Whether a boolean may appear in a field's value: its type admits one somewhere (``bool``,
+    ``bool | None``, ``Any``, ``Literal[True]``), or holds a section, which checks its own fields."""
+    if annotation is bool or annotation is Any or isinstance(annotation, bool):
         return True
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_takes_bool(a) for a in typing.get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return True
+    return any(_takes_bool(a) for a in typing.get_args(annotation))
+
+
+def _holds_bool(value: Any) -> bool:
+    """Whether ``value`` is a boolean or a list, tuple or mapping holding one (at any depth)."""
+    if isinstance(value, bool):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_bool(v) for v in value.values())
     return False
 
 
 class Section(BaseModel):
     """Base for every config section: frozen, unknown keys refused, floats finite (no inf, no
-    nan), and a boolean is not a number (``steps: true`` is an error, not 1)."""
+    nan), and a boolean is not a number (``steps: true`` is an error, not 1; nor is ``true`` in
+    ``stability_seeds: [true]`` or ``betas: [true, 0.9]``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_other_types(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and not _takes_bool(cls.model_fields[info.field_name].annotation):
+        if _holds_bool(value) and not _takes_bool(cls.model_fields[info.field_name].annotation):
             raise ValueError("a boolean is not accepted here")
         return value
 

@@ -161,3 +161,44 @@ def test_a_store_that_fails_mid_job_is_one_line_and_leaves_no_manifest(in_traine
     monkeypatch.setattr(BatchGenerator, "generate", original)
     again = generate_images(load_config("params.yaml", ["generate.batch_size=8"]), "vae", n=16, out=f"s3://{bucket}/midjob")
     assert again.num_images == 16
+
+
+@pytest.mark.ray
+def test_a_store_that_fails_mid_job_under_ray_data_is_the_same_one_line(in_trained, ray_cluster, bucket, s3_server):
+    """As above, with the images written by Ray Data actors: the actors' error reaches the
+    driver as genpipe's line (not Ray's wrapped traceback), the failed job's actors end with it
+    (they would hold the cluster's CPUs), and the same job run again in this process completes it."""
+    import threading
+
+    from moto.server import ThreadedMotoServer
+
+    second = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # the same in-process buckets
+    second.start()
+    host, port = second.get_host_and_port()
+    s3 = boto3.client("s3")
+    stopped = threading.Event()
+
+    def stop_after_the_first_image():
+        while not stopped.is_set():
+            if s3.list_objects_v2(Bucket=bucket, Prefix="raymid/images/").get("KeyCount", 0):
+                second.stop()
+                stopped.set()
+            stopped.wait(0.02)
+
+    watcher = threading.Thread(target=stop_after_the_first_image, daemon=True)
+    watcher.start()
+    over = ["generate.runner=ray", "generate.num_workers=2", "generate.batch_size=8"]
+    cfg = load_config("params.yaml", [*over, f"storage.endpoint_url=http://{host}:{port}", "storage.connect_timeout=1"])
+    try:
+        with pytest.raises(InputError, match=rf"^s3://{bucket}/raymid: writing images/[\w-]+/\d+.png failed "
+                                             r"\(EndpointConnectionError, after retries\); the images stored so far "
+                                             r"stay and no manifest was written: run the same job again"):
+            generate_images(cfg, "vae", n=400, out=f"s3://{bucket}/raymid")
+    finally:
+        stopped.set()
+        watcher.join()
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="raymid/")["Contents"]]
+    assert 0 < len([k for k in keys if k.endswith(".png")]) < 400 and not [k for k in keys if "manifests/" in k]
+    again = generate_images(load_config("params.yaml", over), "vae", n=400, out=f"s3://{bucket}/raymid")
+    assert again.num_images == 400
+    assert len(s3.list_objects_v2(Bucket=bucket, Prefix="raymid/manifests/")["Contents"]) == 1

@@ -17,11 +17,15 @@ Batches run in-process or on Ray Data actors (``generate.runner``); both use
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import itertools
 import json
 import tempfile
 import time
+import uuid
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -180,24 +184,49 @@ def _run_ray(kwargs: dict[str, Any], job: GenerationJob, num_workers: int, use_g
     import ray.data  # deferred: only this runner needs Ray, and importing it costs seconds
 
     ensure_ray()
+    # an actor's own exception, not Ray Data's UserCodeException, whose cause does not survive
+    # the trip to this process: a StoreFailed there stays one here (and its line with it)
+    ray.data.DataContext.get_current().raise_original_map_exception = True
+    # named actors: Ray Data leaves a failed job's actors to reference counting, and references
+    # to them outlive the failure (they would hold their CPUs, and a retry here would wait for them)
+    prefix, made = f"genpipe-generate-{job.job_id}-{uuid.uuid4().hex[:8]}-", itertools.count()
     ds = ray.data.from_items([{"batch": b} for b in range(job.num_batches)], override_num_blocks=job.num_batches)
-    ds = ds.map_batches(
-        BatchGenerator,
-        fn_constructor_kwargs={**kwargs, "device": "cuda" if use_gpu else "cpu"},
-        batch_size=1,
-        compute=ray.data.ActorPoolStrategy(size=min(num_workers, job.num_batches)),
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=0 if use_gpu else 1,
-    )
+    with warnings.catch_warnings():  # deprecated for Ray 2.64 with no replacement named (Ray is pinned)
+        warnings.filterwarnings("ignore", message=".*ray_remote_args_fn", category=DeprecationWarning)
+        ds = ds.map_batches(
+            BatchGenerator,
+            fn_constructor_kwargs={**kwargs, "device": "cuda" if use_gpu else "cpu"},
+            batch_size=1,
+            compute=ray.data.ActorPoolStrategy(size=min(num_workers, job.num_batches)),
+            num_gpus=1 if use_gpu else 0,
+            num_cpus=0 if use_gpu else 1,
+            ray_remote_args_fn=lambda: {"name": f"{prefix}{next(made)}"},
+        )
     try:
         return ds.take_all()
-    except Exception as exc:  # an actor's InputError arrives wrapped by Ray Data: its one line, not Ray's
-        cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, InputError):
-            cause = getattr(cause, "cause", None) or cause.__cause__
-        if cause is None:
+    except Exception as exc:
+        for name in ray.util.list_named_actors():
+            if name.startswith(prefix):
+                with contextlib.suppress(ValueError):  # already gone
+                    ray.kill(ray.get_actor(name))
+        failure = _input_error_in(exc)
+        if failure is None:
             raise
-        raise InputError(str(cause)) from None
+        raise failure from None
+
+
+def _input_error_in(exc: BaseException) -> InputError | None:
+    """The InputError inside what Ray raised for a failed actor, with its own type (a StoreFailed
+    stays one) and its one line (Ray Data appends its retry advice to the message); or None."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(inner := getattr(cause, "cause", None), BaseException):  # a RayTaskError's own error
+            cause = inner
+        elif isinstance(cause, InputError):
+            return type(cause)(str(cause).split("\n", 1)[0])
+        else:
+            cause = cause.__cause__
+    return None
 
 
 def resolve_checkpoint(cfg: Config, family: str | None, run_id: str | None, workdir: Path) -> tuple[Path, str]:

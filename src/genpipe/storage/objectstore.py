@@ -25,7 +25,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
 from genpipe.config import StorageConfig
-from genpipe.errors import InputError
+from genpipe.errors import InputError, without_userinfo
 from genpipe.storage.atomic import atomic_write_bytes
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
@@ -100,13 +100,6 @@ class LocalStore:
 
 class StoreFailed(InputError):
     """The object store failed in the middle of a job (after its pre-flight check passed)."""
-
-
-def without_userinfo(url: str) -> str:
-    """``url`` with any ``user:password@`` part of its host removed (for messages)."""
-    scheme, sep, rest = str(url).partition("://")
-    host, slash, path = rest.partition("/")
-    return f"{scheme}{sep}{host.rpartition('@')[2]}{slash}{path}" if sep else str(url)
 
 
 class S3Store:

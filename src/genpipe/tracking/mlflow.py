@@ -11,16 +11,21 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_TIMEOUT
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.rest_utils import http_request
 
+from genpipe.errors import InputError, without_userinfo
 from genpipe.images import make_grid
 from genpipe.results import EvaluationResult
 from genpipe.sections import SECRET_WORDS
@@ -36,7 +41,53 @@ def tracking_uri() -> str:
 
 
 def client(uri: str | None = None) -> MlflowClient:
-    return MlflowClient(tracking_uri=uri or tracking_uri())
+    """A client of the tracking store at ``uri`` (default :func:`tracking_uri`), checked first."""
+    uri = uri or tracking_uri()
+    check_store(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+PROBE_TIMEOUT_S = 10.0  # at most; less where MLFLOW_HTTP_REQUEST_TIMEOUT says less
+_usable: set[str] = set()  # the stores this process has checked
+_usable_lock = threading.Lock()
+
+
+def check_store(uri: str) -> None:
+    """Fail fast, in one line, when the tracking store at ``uri`` cannot be used: an HTTP server
+    that does not answer one request (no retries: MLflow's client retries for about 4 minutes,
+    which stays the rule once a stage has started) or refuses the credentials; a sqlite file
+    whose folder is missing or that is a folder. Once per process and URI."""
+    if uri in _usable:
+        return
+    shown = f"MLFLOW_TRACKING_URI {without_userinfo(uri)}"
+    scheme = uri.partition(":")[0].lower()
+    if scheme == "sqlite":
+        path = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+        if path is not None and path.is_dir():
+            raise InputError(f"{shown}: {path} is a folder, not a database file")
+        if path is not None and not path.parent.is_dir():
+            raise InputError(f"{shown}: the folder {path.parent} does not exist")
+    elif scheme in ("http", "https"):
+        _probe_server(uri, shown)
+    with _usable_lock:
+        _usable.add(uri)
+
+
+def _probe_server(uri: str, shown: str) -> None:
+    timeout = min(PROBE_TIMEOUT_S, float(MLFLOW_HTTP_REQUEST_TIMEOUT.get()))
+    try:
+        response = http_request(get_default_host_creds(uri), "/api/2.0/mlflow/experiments/search", "GET",
+                                params={"max_results": 1}, max_retries=0, backoff_factor=0, timeout=timeout,
+                                raise_on_status=False)
+    except MlflowException as exc:  # no answer: refused, unknown host, timed out
+        reason = "did not answer within {:g} s".format(timeout) if "timed out" in str(exc).lower() else "cannot be reached"
+        raise InputError(f"{shown}: the tracking server {reason}") from None
+    if response.status_code in (401, 403):
+        raise InputError(f"{shown}: the tracking server refused the credentials (HTTP {response.status_code}; "
+                         "MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN)")
+    if response.status_code != 200:
+        raise InputError(f"{shown}: the tracking server answered HTTP {response.status_code} "
+                         "(is it an MLflow tracking server?)")
 
 
 def git_commit(cwd: Path | str = ".") -> str:
