@@ -66,16 +66,18 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(project, capsys, argv, 
     assert outputs(project) == set()
 
 
-@pytest.mark.parametrize("content", [b"seed: 0\n\xff\xfe broken\n", None], ids=["not UTF-8", "a directory"])
-def test_a_params_file_that_is_no_text_file_is_one_line(project, capsys, content):
+@pytest.mark.parametrize(("content", "says"), [(b"seed: 0\n\xff\xfe broken\n", "not UTF-8"), (None, "a directory"),
+                                             (b"", "empty"), (b"# only a comment\n", "empty"),
+                                             (b"- 1\n- 2\n", "a mapping"), (b"a: [1\n", "line 2 is not valid YAML")],
+                         ids=["not UTF-8", "a directory", "empty", "only a comment", "a list", "bad YAML"])
+def test_a_params_file_that_is_no_params_file_is_one_line(project, capsys, content, says):
     params = project / "other.yaml"
     if content is None:
         params.mkdir()
     else:
         params.write_bytes(content)
     code, err = run_cli(["prepare", "--params", str(params)], capsys)
-    assert code == 2 and err.count("\n") == 1 and str(params) in err, err
-    assert ("UTF-8" if content else "directory") in err
+    assert code == 2 and err.count("\n") == 1 and str(params) in err and says in err, err
 
 
 def test_credentials_given_as_params_never_reach_a_stored_config(project):

@@ -393,7 +393,7 @@ def load_config(path: Path | str = DEFAULT_PARAMS, overrides: list[str] = ()) ->
     """Read ``params.yaml``, apply its profile and ``-S`` overrides, validate once."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"{path}: no such params file") from None
     except IsADirectoryError:
@@ -408,6 +408,8 @@ def load_config(path: Path | str = DEFAULT_PARAMS, overrides: list[str] = ()) ->
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         raise InputError(f"{path}:{line} is not valid YAML") from None
+    if raw is None:
+        raise InputError(f"{path}: empty; expected the params mapping (see params.yaml)")
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a mapping at the top level")
     return resolve(raw, overrides, where=str(path))
