@@ -41,8 +41,24 @@ class PathsConfig(Section):
     reports: Folder = Path("reports")  # reports/comparison.md and .html
 
 
+class ShapesConfig(Section):
+    """The ``shapes`` source: procedural colour shapes with known factors (see docs/data.md)."""
+
+    num_images: int = Field(6000, ge=10, le=10_000_000)
+    min_scale: float = Field(0.3, gt=0.0, le=1.0)  # a shape's bounding box, as a fraction of the side
+    max_scale: float = Field(0.7, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ShapesConfig:
+        if self.min_scale > self.max_scale:
+            raise ValueError(f"min_scale ({self.min_scale}) must not exceed max_scale ({self.max_scale})")
+        return self
+
+
 class DataConfig(Section):
-    source: Literal["digits"] = "digits"  # scikit-learn's bundled 8x8 handwritten digits
+    # digits: scikit-learn's bundled 8x8 handwritten digits (grey); shapes: procedural colour shapes
+    source: Literal["digits", "shapes"] = "digits"
+    shapes: ShapesConfig = ShapesConfig()
     resolution: int = Field(16, ge=8, le=256)  # side length of the prepared images, pixels
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # share of images held out for validation
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)  # share held out for the final numbers

@@ -39,7 +39,7 @@ def test_prepare_writes_shards_and_card(project):
 def test_pixels_round_trip_at_native_resolution(project):
     cfg = load_config("params.yaml")  # TINY: resolution 8 = the source's own
     prepare_dataset(cfg)
-    src = load_digits_source(8)
+    src = load_digits_source(cfg.data)
     split = load_split(cfg.paths.data, "test", verify=True)
     assert split.images.dtype == torch.uint8 and split.images.shape[1:] == (1, 8, 8)
     assert int(split.images.max()) == 255 and int(split.images.min()) == 0

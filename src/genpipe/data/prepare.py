@@ -58,7 +58,7 @@ def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float,
 def prepare_dataset(cfg: Config) -> dict:
     """Run the prepare stage for ``cfg.data`` into ``cfg.paths.data``; returns the card."""
     dc = cfg.data
-    src = SOURCES[dc.source](dc.resolution)
+    src = SOURCES[dc.source](dc, cfg.seed)
     splits = split_indices(src.labels, dc.val_fraction, dc.test_fraction, cfg.seed)
     order = np.concatenate([np.flatnonzero(splits == s) for s in SPLITS])  # train, val, test
     _, c, h, w = src.images.shape
@@ -92,7 +92,8 @@ def prepare_dataset(cfg: Config) -> dict:
                 for s in SPLITS
             },
             "seed": cfg.seed,
-            "params": cfg.data.model_dump(mode="json"),
+            # the settings of this source, not those of the others (a digits card stays as it was)
+            "params": {k: v for k, v in dc.model_dump(mode="json").items() if k == dc.source or k not in SOURCES},
             "shards": shards,
             "sha256": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest(),
             "created_by": f"genpipe {__version__}",
