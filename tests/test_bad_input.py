@@ -187,7 +187,7 @@ def test_settings_the_data_cannot_take_fail_before_a_run_exists(project, mlflow_
     assert main_ok(["prepare"], capsys)
     before = runs(mlflow_uri)
     capsys.readouterr()
-    for override in ("diffusion.channel_mults=[1,2,2,2,2]", "flow.steps_per_level=[1,1,1,1,1]", "gmm.pca_components=1000"):
+    for override in ("diffusion.channel_mults=[1,2,2,2,2]", "gmm.pca_components=1000"):
         family = override.split(".")[0]
         code, err = run_cli(["train", "--family", family, "-S", override], capsys)
         assert code == 2 and err.count("\n") == 1 and family in err, err

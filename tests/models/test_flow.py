@@ -280,7 +280,22 @@ def test_labels_latents_and_bad_geometry_are_input_errors():
         flow().sample(2, labels=torch.tensor([1, 2]))
     with pytest.raises(InputError, match="latents"):
         flow().decode_latents(torch.zeros(2, 10))
-    with pytest.raises(InputError, match="flow.steps_per_level"):
-        flow(steps_per_level=(1, 1, 1, 1))  # 4 squeezes of 8x8
+    with pytest.raises(InputError, match="cannot be squeezed .*data.resolution: 28 would work"):
+        flow(ImageSpec((1, 27, 27), 10))
+
+
+@pytest.mark.parametrize(("shape", "levels"), [((1, 8, 8), (1, 1, 2)), ((1, 28, 28), (1, 3)),
+                                               ((3, 32, 32), (1, 1, 1, 1)), ((3, 12, 12), (1, 3))])
+def test_the_levels_are_what_the_size_takes_and_the_flow_inverts_in_colour(shape, levels):
+    """4 configured levels: as many squeezes as the side divides by 2, the rest of the steps on
+    the last level kept; at every size, grey or colour, the flow inverts exactly."""
+    spec = ImageSpec(shape, 10)
+    model = perturb(flow(spec, steps_per_level=(1, 1, 1, 1))).eval().double()  # exactness, not float32's
+    assert model.steps_per_level == levels
+    x = images(3, spec).clamp(-0.99, 0.99).double()
+    zeros = torch.zeros(3, dtype=torch.long)
+    eps = model.encode_latents(x, zeros)
+    assert eps.shape == (3, math.prod(shape))
+    assert torch.allclose(model.decode(eps, zeros, temperature=1.0), x, atol=1e-9)
     with pytest.raises(ValidationError, match="steps_per_level"):
         FlowConfig(steps_per_level=(2, 0))

@@ -211,7 +211,7 @@ def test_truncated_latents_stay_inside_the_threshold_with_the_right_spread():
     assert not torch.equal(truncated, model.sample(4, generator=torch.Generator().manual_seed(1)))
 
 
-@pytest.mark.parametrize("shape", [(3, 16, 16), (1, 32, 32)])
+@pytest.mark.parametrize("shape", [(3, 16, 16), (1, 32, 32), (1, 28, 28), (3, 24, 24), (3, 64, 64)])
 def test_other_image_sizes_and_channels(shape):
     model = gan(ImageSpec(shape, 10))
     assert model.sample(2, generator=torch.Generator().manual_seed(0)).shape == (2, *shape)
@@ -219,10 +219,21 @@ def test_other_image_sizes_and_channels(shape):
         assert torch.isfinite(model.training_losses(torch.rand(2, *shape) * 2 - 1, None, phase)["loss"])
 
 
-@pytest.mark.parametrize("shape", [(1, 12, 12), (1, 4, 4), (1, 16, 8)])
-def test_bad_geometry_is_an_input_error(shape):
-    with pytest.raises(InputError, match="power-of-two"):
+@pytest.mark.parametrize(("shape", "says"), [((1, 27, 27), "data.resolution: 28 would work"),
+                                             ((1, 100, 100), "data.resolution: 96 would work"),
+                                             ((1, 4, 4), "data.resolution: 8 would work"),
+                                             ((1, 16, 8), "must be square")])
+def test_bad_geometry_is_an_input_error_naming_a_size_that_works(shape, says):
+    with pytest.raises(InputError, match=says):
         gan(ImageSpec(shape, 10))
+
+
+@pytest.mark.parametrize(("side", "base"), [(8, 4), (16, 4), (28, 7), (32, 4), (48, 6), (64, 4)])
+def test_the_coarsest_map_is_the_side_over_its_doublings(side, base):
+    """DCGAN's 4x4 start at powers of two (the same network as before at 8-64 px); 7x7 at 28 px."""
+    model = gan(ImageSpec((1, side, side), 10))
+    assert model.generator.base == base
+    assert model.generator.project.out_features == model.generator.widths[0] * base**2
 
 
 def test_no_likelihood():

@@ -20,7 +20,8 @@ class FlowConfig(FamilyConfig):
 
     # above FamilyConfig's 1e-3 for the short quick budget; grad_clip 1.0 keeps it stable
     lr: float = Field(5e-3, gt=0.0, le=1.0)
-    # one entry per scale (squeeze + that many steps + split); H and W must divide by 2**len
+    # one entry per scale (squeeze + that many steps + split); where H and W divide by 2 fewer
+    # times than there are entries (28 px: twice), the extra levels' steps join the last one kept
     steps_per_level: tuple[PositiveInt, ...] = Field((4, 4, 4), min_length=1, max_length=8)
     hidden: int = Field(64, ge=1)  # width of each coupling's conv net
     coupling: Literal["affine", "additive"] = "affine"  # additive = NICE (volume preserving)

@@ -97,23 +97,35 @@ class SplitPrior(nn.Module):
         return mean, logs.clamp(*PRIOR_LOGS_RANGE)
 
 
+def levels_for(steps_per_level: tuple[int, ...], h: int, w: int) -> tuple[int, ...]:
+    """The levels the images can take: each squeeze halves H and W, so at most as many as both
+    divide by 2 (28 px: 2; 32 px: 5); configured levels beyond that fold their steps into the
+    last one kept (the same total depth). InputError when not even one squeeze fits."""
+    fits = 0
+    while h % 2 ** (fits + 1) == 0 and w % 2 ** (fits + 1) == 0:
+        fits += 1
+    if fits == 0:
+        side = 2 * round(max(h, w) / 2)
+        raise InputError(f"flow: {h}x{w} images cannot be squeezed (an odd side); data.resolution: {side} would work")
+    if len(steps_per_level) <= fits:
+        return tuple(steps_per_level)
+    return (*steps_per_level[: fits - 1], sum(steps_per_level[fits - 1 :]))
+
+
 class Glow(nn.Module):
     """Multi-scale flow x <-> (eps_1, ..., eps_L); see the module docstring."""
 
     def __init__(self, cfg: FlowConfig, spec: ImageSpec):
         super().__init__()
         c, h, w = spec.shape
-        n_levels = len(cfg.steps_per_level)
-        if h % 2**n_levels or w % 2**n_levels:
-            raise InputError(
-                f"flow.steps_per_level: {n_levels} levels (squeezes) do not divide the {h}x{w} images; use fewer levels"
-            )
+        self.steps_per_level = levels_for(cfg.steps_per_level, h, w)
+        n_levels = len(self.steps_per_level)
         self.cfg, self.spec = cfg, spec
         self.num_classes = spec.num_classes if cfg.conditional else 1
         self.transform = LogitTransform(cfg.logit_alpha) if cfg.input_transform == "logit" else IdentityTransform()
         self.levels, self.split_priors = nn.ModuleList(), nn.ModuleList()
         self.latent_shapes: list[tuple[int, int, int]] = []  # eps_i per level, the top last
-        for i, depth in enumerate(cfg.steps_per_level):
+        for i, depth in enumerate(self.steps_per_level):
             c, h, w = 4 * c, h // 2, w // 2
             coupling_classes = spec.num_classes if cfg.conditional else 0
             self.levels.append(nn.ModuleList(

@@ -77,16 +77,27 @@ def dcgan_init_(module: nn.Module) -> None:
         nn.init.normal_(module.gain, 1.0, 0.02)
 
 
-def num_levels(spec: ImageSpec) -> int:
-    """Resolution doublings between 4x4 and the image; InputError unless square, 2^k, >= 8."""
+MAX_BASE = 8  # the side of the generator's first feature map (and the discriminator's last), at most
+
+
+def num_levels(spec: ImageSpec) -> tuple[int, int]:
+    """(n, base): the image is ``base * 2**n`` square, ``base`` in 4..MAX_BASE the side of the
+    coarsest feature map (4 for powers of two, as in DCGAN; 7 for 28 px), n >= 1 doublings."""
     _, h, w = spec.shape
-    if h != w or h < 8 or h & (h - 1):
-        raise InputError(f"gan: images must be square with a power-of-two side >= 8 (got {h}x{w})")
-    return int(math.log2(h)) - 2
+    if h != w:
+        raise InputError(f"gan: images must be square (got {h}x{w}); set data.resolution")
+    n, base = 0, h
+    while base % 2 == 0 and base // 2 >= 4:
+        n, base = n + 1, base // 2
+    if n < 1 or base > MAX_BASE:
+        ok = sorted({b * 2 ** max(1, round(math.log2(h / b))) for b in range(4, MAX_BASE + 1)}, key=lambda s: (abs(s - h), s))
+        raise InputError(f"gan: a {h}x{h} image is not base x 2^n with base in 4..{MAX_BASE} and n >= 1; "
+                         f"data.resolution: {ok[0]} would work")
+    return n, base
 
 
 class Generator(nn.Module):
-    """z (B, latent_dim) -> 4x4 -> ... -> image (B, C, H, W) in (-1, 1).
+    """z (B, latent_dim) -> base x base -> ... -> image (B, C, H, W) in (-1, 1) (base 4 at 2^k).
 
     At each resolution up to H/2: (stride-2 transposed conv,) BN, ReLU, 3x3 conv, BN, ReLU;
     one 3x3 conv per level beyond DCGAN, cheap at these resolutions. A last transposed conv makes the image.
@@ -94,9 +105,9 @@ class Generator(nn.Module):
 
     def __init__(self, cfg: GANConfig, spec: ImageSpec, num_classes: int):
         super().__init__()
-        n = num_levels(spec)
-        self.widths = [cfg.g_width * 2 ** (n - 1 - i) for i in range(n)]  # at 4x4, 8x8, ..., H/2
-        self.project = nn.Linear(cfg.latent_dim, self.widths[0] * 16, bias=False)  # DCGAN's 1x1 -> 4x4
+        n, self.base = num_levels(spec)
+        self.widths = [cfg.g_width * 2 ** (n - 1 - i) for i in range(n)]  # at base, 2 base, ..., H/2
+        self.project = nn.Linear(cfg.latent_dim, self.widths[0] * self.base**2, bias=False)  # DCGAN's 1x1 -> 4x4
         self.ups = nn.ModuleList(
             nn.ConvTranspose2d(a, b, 4, stride=2, padding=1, bias=False) for a, b in zip(self.widths, self.widths[1:])
         )
@@ -106,10 +117,10 @@ class Generator(nn.Module):
         self.apply(dcgan_init_)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None, batch_stats: bool) -> torch.Tensor:
-        h = self.project(z).view(-1, self.widths[0], 4, 4)  # (B, w0, 4, 4)
+        h = self.project(z).view(-1, self.widths[0], self.base, self.base)  # (B, w0, base, base)
         for i, conv in enumerate(self.convs):
             if i:
-                h = self.ups[i - 1](h)  # (B, w_i, 2^(i+2), 2^(i+2))
+                h = self.ups[i - 1](h)  # (B, w_i, base 2^i, base 2^i)
             h = F.relu(self.norms[2 * i](h, y, batch_stats))
             h = F.relu(self.norms[2 * i + 1](conv(h), y, batch_stats))
         return torch.tanh(self.to_image(h))  # (B, C, H, W)
@@ -126,15 +137,15 @@ class Discriminator(nn.Module):
 
     def __init__(self, cfg: GANConfig, spec: ImageSpec, num_classes: int):
         super().__init__()
-        n = num_levels(spec)
-        widths = [cfg.d_width * 2**i for i in range(n)]  # at H/2, ..., 4x4
+        n, base = num_levels(spec)
+        widths = [cfg.d_width * 2**i for i in range(n)]  # at H/2, ..., base x base
         layers: list[nn.Module] = [nn.Conv2d(spec.shape[0], widths[0], 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
         for a, b in zip(widths, widths[1:]):
             layers += [nn.Conv2d(a, b, 4, stride=2, padding=1, bias=cfg.d_norm == "none"), _d_norm(cfg.d_norm, b),
                        nn.LeakyReLU(0.2)]
-        self.features = nn.Sequential(*layers, nn.Flatten())  # phi(x): (B, w_last * 16)
-        self.head = nn.Linear(widths[-1] * 16, 1)  # psi; DCGAN's final 4x4 valid conv
-        self.embed = nn.Embedding(num_classes, widths[-1] * 16) if num_classes else None
+        self.features = nn.Sequential(*layers, nn.Flatten())  # phi(x): (B, w_last * base^2)
+        self.head = nn.Linear(widths[-1] * base**2, 1)  # psi; DCGAN's final 4x4 valid conv
+        self.embed = nn.Embedding(num_classes, widths[-1] * base**2) if num_classes else None
         self.apply(dcgan_init_)
         if cfg.spectral_norm:
             for m in list(self.modules()):
