@@ -29,22 +29,22 @@ def tiny_config(name: str, **extra) -> Config:
     return resolve({name: {**TINY.get(name, {}), **extra}, "profiles": {"quick": {}}})
 
 
-def build(name: str, levels: tuple[int, int] = (0, 256), **extra) -> torch.nn.Module:
+def build(name: str, levels: tuple[int, int] = (0, 256), spec: ImageSpec = SPEC, **extra) -> torch.nn.Module:
     """A tiny model of the family, ready to sample (a fitted family is fitted on random images
     of pixel levels in [levels[0], levels[1]))."""
     torch.manual_seed(0)
-    model = FAMILIES[name].build(tiny_config(name, **extra).family(name), SPEC)
+    model = FAMILIES[name].build(tiny_config(name, **extra).family(name), spec)
     if FAMILIES[name].trainer == "fit":
         g = torch.Generator().manual_seed(2)
-        images = torch.randint(*levels, (40, *SPEC.shape), generator=g, dtype=torch.uint8)
-        model.fit(images, torch.arange(40) % SPEC.num_classes, 0)
+        images = torch.randint(*levels, (40, *spec.shape), generator=g, dtype=torch.uint8)
+        model.fit(images, torch.arange(40) % spec.num_classes, 0)
     return model
 
 
-def batch(n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+def batch(n: int = 6, spec: ImageSpec = SPEC) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 256, (n, *SPEC.shape), generator=g).float() / 127.5 - 1.0  # 8-bit grid
-    return x, torch.randint(0, SPEC.num_classes, (n,), generator=g)
+    x = torch.randint(0, 256, (n, *spec.shape), generator=g).float() / 127.5 - 1.0  # 8-bit grid
+    return x, torch.randint(0, spec.num_classes, (n,), generator=g)
 
 
 def assert_draws_match_moments(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor, z: float = 5.0) -> None:
@@ -108,6 +108,28 @@ def test_each_phase_gives_a_finite_loss_with_gradients(family):
         grads = [p.grad for p in group.params if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
         assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (3, 64, 64)], ids=["1x28", "3x32", "3x64"])
+def test_every_family_at_the_sizes_users_bring(family, shape):
+    """Build, a training step in every phase (or the fit), samples of the shape, and a finite
+    per-image likelihood where the family has one: grey 28 px (MNIST's size) and colour 32/64 px."""
+    spec = ImageSpec(shape=shape, num_classes=10)
+    # the mixture on PCA components: a full covariance over all 12,288 pixels of a 3x64x64 image
+    # (params.yaml's pca_components: 0) takes scikit-learn 7-8 minutes to fit on 40 images
+    model = build(family, spec=spec, **({"pca_components": 16} if family == "gmm" else {}))
+    x, y = batch(2, spec)
+    for phase in model.optimizer_groups():
+        model.zero_grad()
+        loss = model.training_losses(x, y, phase)["loss"]
+        assert torch.isfinite(loss), phase
+        loss.backward()
+    model.eval()
+    with torch.no_grad():
+        sample = model.sample(2, generator=torch.Generator().manual_seed(0))
+        assert sample.shape == (2, *shape) and torch.isfinite(sample).all()
+        ll = model.log_likelihood(x, None, torch.Generator().manual_seed(0))
+    assert ll is None or (ll.nats.shape == (2,) and torch.isfinite(ll.nats).all())
 
 
 def test_sample_shape_range_and_seed(family):
