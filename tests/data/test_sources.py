@@ -72,3 +72,88 @@ def test_shape_scales_out_of_order_are_one_line(project):
 
     with pytest.raises(InputError, match=r"data.shapes: .*min_scale \(0.8\) must not exceed max_scale \(0.5\)"):
         load_config("params.yaml", ["data.shapes.min_scale=0.8", "data.shapes.max_scale=0.5"])
+
+
+# -- mnist: IDX files ---------------------------------------------------------------------------
+
+
+def _idx(values: np.ndarray) -> bytes:
+    header = bytes([0, 0, 0x08, values.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in values.shape)
+    return header + values.astype(np.uint8).tobytes()
+
+
+def _write_mnist(folder, n_train: int = 60, n_test: int = 20, gz: bool = False, prefix: str = ""):
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    data = {}
+    for part, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28)).astype(np.uint8)
+        labels = np.arange(n) % 10
+        data[part] = (images, labels)
+        for kind, values, dims in (("images", images, 3), ("labels", labels, 1)):
+            name = f"{prefix}{part}-{kind}-idx{dims}-ubyte"
+            raw = _idx(values)
+            (folder / (name + ".gz" if gz else name)).write_bytes(gzip.compress(raw) if gz else raw)
+    return data
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["raw", "gz"])
+def test_mnist_idx_files_keep_their_test_split(project, gz):
+    data = _write_mnist(project / "idx", gz=gz, prefix="fashion-" if gz else "")
+    cfg = load_config("params.yaml", ["data.source=mnist", f"data.path={project / 'idx'}", "data.resolution=28"])
+    card = prepare_dataset(cfg)
+    assert card["shape"] == [1, 28, 28] and card["num_classes"] == 10
+    # val: 10 % of each class's 6 train images, rounded (stratified); test: the 20 t10k images
+    assert card["counts"] == {"train": 50, "val": 10, "test": 20}
+    test = load_split(cfg.paths.data, "test", verify=True)
+    want = {data["t10k"][0][i].tobytes(): data["t10k"][1][i] for i in range(20)}
+    got = {test.images[i, 0].numpy().tobytes(): int(test.labels[i]) for i in range(len(test))}
+    assert len(test) == 20 and got == want  # the test split is exactly the t10k images, with their labels
+    train = load_split(cfg.paths.data, "train")
+    train_set = {data["train"][0][i].tobytes() for i in range(60)}
+    assert all(train.images[i, 0].numpy().tobytes() in train_set for i in range(len(train)))
+
+
+@pytest.mark.parametrize("breakage", ["no path", "no folder", "a missing file", "bad magic", "truncated",
+                                      "labels do not match", "not gzip"])
+def test_bad_idx_files_are_one_line_naming_the_file(project, capsys, breakage):
+    from genpipe.cli import main
+
+    folder = project / "idx"
+    _write_mnist(folder, gz=breakage == "not gzip")
+    culprit = str(folder)
+    if breakage == "no folder":
+        folder = project / "nowhere"
+        culprit = str(folder)
+    elif breakage == "a missing file":
+        (folder / "t10k-labels-idx1-ubyte").unlink()
+        culprit = "t10k-labels-idx1-ubyte"
+    elif breakage == "bad magic":
+        path = folder / "train-images-idx3-ubyte"
+        raw = bytearray(path.read_bytes())
+        raw[2] = 0x0D  # float elements
+        path.write_bytes(bytes(raw))
+        culprit = str(path)
+    elif breakage == "truncated":
+        path = folder / "train-images-idx3-ubyte"
+        path.write_bytes(path.read_bytes()[:-100])
+        culprit = str(path)
+    elif breakage == "labels do not match":
+        (folder / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.zeros(19)))
+        culprit = "20 t10k images but 19 labels"
+    elif breakage == "not gzip":
+        path = folder / "train-images-idx3-ubyte.gz"
+        path.write_bytes(b"not gzip at all")
+        culprit = str(path)
+    argv = ["prepare", "-S", "data.source=mnist", "-S", "data.resolution=28"]
+    if breakage != "no path":
+        argv += ["-S", f"data.path={folder}"]
+    else:
+        culprit = "data.path"
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and culprit in err, err
+    assert not (project / "data").exists()

@@ -38,15 +38,25 @@ SCHEMA = pa.schema(
 )
 
 
-def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
-    """Assign each image to a split, stratified by label and fixed by ``seed``.
+def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int,
+                  test: np.ndarray | None = None) -> np.ndarray:
+    """Assign each image to a split, stratified by label and fixed by ``seed``. With ``test``
+    (the source's own test split, a boolean per image) that is the test split, and validation
+    is carved from the rest at ``val_fraction`` (``test_fraction`` does not apply).
 
     Returns an array of split names, one per image.
     """
     rng = np.random.default_rng(seed)
     out = np.empty(len(labels), dtype=object)
+    if test is not None:
+        out[test] = "test"
     for label in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == label))
+        idx = rng.permutation(np.flatnonzero((labels == label) & (test is None or ~test)))
+        if test is not None:
+            n_val = int(round(len(idx) * val_fraction))
+            out[idx[:n_val]] = "val"
+            out[idx[n_val:]] = "train"
+            continue
         n_test = int(round(len(idx) * test_fraction))
         n_val = int(round(len(idx) * val_fraction))
         out[idx[:n_test]] = "test"
@@ -59,7 +69,7 @@ def prepare_dataset(cfg: Config) -> dict:
     """Run the prepare stage for ``cfg.data`` into ``cfg.paths.data``; returns the card."""
     dc = cfg.data
     src = SOURCES[dc.source](dc, cfg.seed)
-    splits = split_indices(src.labels, dc.val_fraction, dc.test_fraction, cfg.seed)
+    splits = split_indices(src.labels, dc.val_fraction, dc.test_fraction, cfg.seed, src.test)
     order = np.concatenate([np.flatnonzero(splits == s) for s in SPLITS])  # train, val, test
     _, c, h, w = src.images.shape
 
@@ -92,8 +102,9 @@ def prepare_dataset(cfg: Config) -> dict:
                 for s in SPLITS
             },
             "seed": cfg.seed,
-            # the settings of this source, not those of the others (a digits card stays as it was)
-            "params": {k: v for k, v in dc.model_dump(mode="json").items() if k == dc.source or k not in SOURCES},
+            # the settings of this source, not those of the others nor unset ones (a digits card stays as it was)
+            "params": {k: v for k, v in dc.model_dump(mode="json").items()
+                       if (k == dc.source or k not in SOURCES) and v is not None},
             "shards": shards,
             "sha256": hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest(),
             "created_by": f"genpipe {__version__}",

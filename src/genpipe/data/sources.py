@@ -6,13 +6,16 @@ path the user gives, or is generated here from the seed (``shapes``).
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from genpipe.config import DataConfig
+from genpipe.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,7 @@ class SourceImages:
     class_names: tuple[str, ...]
     description: str
     factors: dict[str, np.ndarray] = field(default_factory=dict)  # (N,) each: what generated image i
+    test: np.ndarray | None = None  # (N,) bool: the source's own test split, kept as genpipe's
 
 
 def resize_uint8(images: np.ndarray, resolution: int) -> np.ndarray:
@@ -109,7 +113,74 @@ def load_shapes_source(dc: DataConfig, seed: int = 0) -> SourceImages:
     )
 
 
+IDX_TYPES = {0x08: np.uint8}  # the IDX element types MNIST-style files use (unsigned bytes)
+
+
+def read_idx(path: Path, dims: int) -> np.ndarray:
+    """An IDX file (raw or gzip) of unsigned bytes with ``dims`` dimensions: its array. InputError
+    naming the file when the magic number, the dimensions or the size say it is not one."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise InputError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
+    if len(raw) < 4 + 4 * dims or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES or raw[3] != dims:
+        got = raw[:4].hex() if len(raw) >= 4 else f"{len(raw)} bytes"
+        raise InputError(f"{path}: not an IDX file of {dims}-dimensional unsigned bytes "
+                         f"(magic {got}, expected 0000080{dims})")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    body = raw[4 + 4 * dims :]
+    if len(body) != int(np.prod(shape)):
+        raise InputError(f"{path}: its header says {'x'.join(map(str, shape))} ({int(np.prod(shape))} bytes), "
+                         f"it holds {len(body)} bytes (truncated?)")
+    return np.frombuffer(body, dtype=IDX_TYPES[raw[2]]).reshape(shape)
+
+
+def _idx_file(folder: Path, part: str) -> Path:
+    """The one ``*<part>`` file in ``folder``, raw or ``.gz`` (MNIST, Fashion-MNIST, KMNIST, EMNIST names)."""
+    found = sorted(p for p in folder.iterdir() if p.name.endswith((part, part + ".gz")))
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)} ({', '.join(p.name for p in found)})"
+        raise InputError(f"data.path: {folder}: {what} file named *{part}[.gz]")
+    return found[0]
+
+
+def load_mnist_source(dc: DataConfig, seed: int = 0) -> SourceImages:
+    """IDX files in the folder ``data.path``: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each raw or ``.gz``; a prefix such as
+    ``emnist-digits-`` is fine). The t10k images are the test split."""
+    if dc.path is None:
+        raise InputError("data.path: the mnist source reads IDX files from a folder; set data.path")
+    folder = Path(dc.path)
+    if not folder.is_dir():
+        raise InputError(f"data.path: {folder}: {'not a folder' if folder.exists() else 'no such folder'}")
+    parts = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"), 3)
+        labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"), 1)
+        if len(images) != len(labels):
+            raise InputError(f"data.path: {folder}: {len(images)} {prefix} images but {len(labels)} labels")
+        parts[split] = (images, labels.astype(np.int64))
+    if parts["train"][0].shape[1:] != parts["test"][0].shape[1:]:
+        raise InputError(f"data.path: {folder}: train images are {parts['train'][0].shape[1:]}, "
+                         f"test images {parts['test'][0].shape[1:]}")
+    images = np.concatenate([parts["train"][0], parts["test"][0]])[:, None]  # (N, 1, H, W)
+    labels = np.concatenate([parts["train"][1], parts["test"][1]])
+    test = np.zeros(len(labels), dtype=bool)
+    test[len(parts["train"][1]):] = True
+    classes = int(labels.max()) + 1
+    h, w = images.shape[2:]
+    return SourceImages(
+        images=resize_uint8(images, dc.resolution),
+        labels=labels,
+        class_names=tuple(str(i) for i in range(classes)),
+        description=f"IDX files (MNIST layout) in {folder.name}: {len(parts['train'][1])} train + "
+                    f"{len(parts['test'][1])} test images, {h}x{w} grey",
+        test=test,
+    )
+
+
 SOURCES: dict[str, Callable[[DataConfig, int], SourceImages]] = {
     "digits": load_digits_source,
     "shapes": load_shapes_source,
+    "mnist": load_mnist_source,
 }
