@@ -57,9 +57,10 @@ class ShapesConfig(Section):
 
 class DataConfig(Section):
     # digits: scikit-learn's bundled 8x8 handwritten digits (grey); shapes: procedural colour
-    # shapes; mnist: IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST) in the folder data.path
-    source: Literal["digits", "shapes", "mnist"] = "digits"
-    path: str | None = None  # where a source that reads files finds them (a folder)
+    # shapes; mnist: IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST) in the folder data.path;
+    # cifar: CIFAR-10/100 python batches in the folder or .tar.gz data.path
+    source: Literal["digits", "shapes", "mnist", "cifar"] = "digits"
+    path: str | None = None  # where a source that reads files finds them (a folder or an archive)
     shapes: ShapesConfig = ShapesConfig()
     resolution: int = Field(16, ge=8, le=256)  # side length of the prepared images, pixels
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # share of images held out for validation

@@ -157,3 +157,102 @@ def test_bad_idx_files_are_one_line_naming_the_file(project, capsys, breakage):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and culprit in err, err
     assert not (project / "data").exists()
+
+
+# -- cifar: python batches ----------------------------------------------------------------------
+
+
+def _write_cifar(folder, hundred: bool = False, tar: bool = False):
+    """CIFAR batches as the official pickles hold them: a dict of bytes keys, data (N, 3072) uint8."""
+    import io
+    import pickle
+    import tarfile
+
+    rng = np.random.default_rng(4)
+    key = b"fine_labels" if hundred else b"labels"
+    names = (("train", 40), ("test", 10)) if hundred else (("data_batch_1", 20), ("data_batch_2", 20), ("test_batch", 10))
+    files, data = {}, {}
+    for name, n in names:
+        images = rng.integers(0, 256, (n, 3072)).astype(np.uint8)
+        labels = [i % (20 if hundred else 10) for i in range(n)]
+        data[name] = (images.reshape(n, 3, 32, 32), labels)
+        files[name] = pickle.dumps({b"batch_label": name.encode(), key: labels, b"data": images}, protocol=2)
+    meta = ("meta", {b"fine_label_names": [f"c{i}".encode() for i in range(100)]}) if hundred else (
+        "batches.meta", {b"label_names": [f"class{i}".encode() for i in range(10)]})
+    files[meta[0]] = pickle.dumps(meta[1], protocol=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    if tar:
+        path = folder / "cifar-10-python.tar.gz"
+        with tarfile.open(path, "w:gz") as t:
+            for name, raw in files.items():
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+                info.size = len(raw)
+                t.addfile(info, io.BytesIO(raw))
+        return path, data
+    for name, raw in files.items():
+        (folder / name).write_bytes(raw)
+    return folder, data
+
+
+@pytest.mark.parametrize(("hundred", "tar"), [(False, False), (False, True), (True, False)],
+                         ids=["cifar-10 folder", "cifar-10 tar.gz", "cifar-100 folder"])
+def test_cifar_batches_in_colour_with_their_test_split(project, hundred, tar):
+    path, data = _write_cifar(project / "cifar", hundred, tar)
+    cfg = load_config("params.yaml", ["data.source=cifar", f"data.path={path}", "data.resolution=32"])
+    card = prepare_dataset(cfg)
+    assert card["shape"] == [3, 32, 32] and card["counts"]["test"] == 10
+    assert sum(card["counts"].values()) == 50
+    assert card["class_names"][:2] == (["c0", "c1"] if hundred else ["class0", "class1"])
+    test = load_split(cfg.paths.data, "test", verify=True)
+    images, labels = data["test" if hundred else "test_batch"]
+    want = {images[i].tobytes(): labels[i] for i in range(10)}
+    assert {test.images[i].numpy().tobytes(): int(test.labels[i]) for i in range(len(test))} == want
+
+
+def test_a_pickle_that_names_code_is_refused_not_run(project, capsys):
+    """A CIFAR 'batch' that would call os.system when unpickled: one line, and nothing ran."""
+    import os
+    import pickle
+
+    from genpipe.cli import main
+
+    class Exploit:
+        def __reduce__(self):
+            return os.system, (f"touch {project / 'pwned'}",)
+
+    folder, _ = _write_cifar(project / "cifar")
+    (folder / "data_batch_2").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "-S", "data.source=cifar", "-S", f"data.path={folder}", "-S", "data.resolution=32"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "data_batch_2: not a CIFAR batch" in err, err
+    assert not (project / "pwned").exists() and not (project / "data").exists()
+
+
+@pytest.mark.parametrize("breakage", ["truncated", "no test batch", "not an archive", "wrong data shape"])
+def test_bad_cifar_batches_are_one_line(project, capsys, breakage):
+    import pickle
+
+    from genpipe.cli import main
+
+    folder, _ = _write_cifar(project / "cifar")
+    path = folder
+    if breakage == "truncated":
+        raw = (folder / "data_batch_1").read_bytes()
+        (folder / "data_batch_1").write_bytes(raw[: len(raw) // 2])
+        culprit = "data_batch_1"
+    elif breakage == "no test batch":
+        (folder / "test_batch").unlink()
+        culprit = "no CIFAR test batch"
+    elif breakage == "not an archive":
+        path = project / "cifar.tar.gz"
+        path.write_bytes(b"not gzip")
+        culprit = str(path)
+    else:
+        (folder / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((10, 100), np.uint8), b"labels": [0] * 10}))
+        culprit = "test_batch: not a CIFAR batch"
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "-S", "data.source=cifar", "-S", f"data.path={path}", "-S", "data.resolution=32"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and culprit in err, err
+    assert not (project / "data").exists()

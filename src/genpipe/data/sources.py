@@ -6,7 +6,11 @@ path the user gives, or is generated here from the seed (``shapes``).
 
 from __future__ import annotations
 
+import codecs
 import gzip
+import io
+import pickle
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,8 +183,99 @@ def load_mnist_source(dc: DataConfig, seed: int = 0) -> SourceImages:
     )
 
 
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles plain data and numpy arrays, nothing else: a pickle from a user's folder can name
+    any callable, and unpickling would call it (CIFAR's batches need only these)."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def find_class(self, module: str, name: str):
+        try:
+            return self.ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refuses {module}.{name}: only arrays and plain data are read") from None
+
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    try:
+        out = _ArraysOnly(io.BytesIO(raw), encoding="bytes").load()
+    except Exception as exc:  # truncated, not a pickle, or a pickle naming code
+        raise InputError(f"{where}: not a CIFAR batch ({type(exc).__name__}: {exc})") from None
+    if not isinstance(out, dict):
+        raise InputError(f"{where}: not a CIFAR batch (a {type(out).__name__}, not a dict)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in out.items()}
+
+
+CIFAR_TRAIN, CIFAR_TEST = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "train"), ("test_batch", "test")
+
+
+def _cifar_files(path: Path) -> dict[str, bytes]:
+    """The batch files (name -> bytes) of the CIFAR "python version" in a folder or a .tar.gz."""
+    names = {*CIFAR_TRAIN, *CIFAR_TEST, "batches.meta", "meta"}
+    if path.is_dir():
+        found = {p.name: p for p in path.rglob("*") if p.is_file() and p.name in names}
+        return {n: p.read_bytes() for n, p in found.items()}
+    try:
+        with tarfile.open(path) as tar:
+            return {m.name.rsplit("/", 1)[-1]: tar.extractfile(m).read() for m in tar.getmembers()
+                    if m.isfile() and m.name.rsplit("/", 1)[-1] in names}
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise InputError(f"data.path: {path}: not a folder or a readable .tar.gz ({type(exc).__name__})") from None
+
+
+def load_cifar_source(dc: DataConfig, seed: int = 0) -> SourceImages:
+    """CIFAR-10 or CIFAR-100, "python version": ``data_batch_1..5`` + ``test_batch`` (10) or
+    ``train`` + ``test`` (100, fine labels), in the folder or ``.tar.gz`` at ``data.path``. The
+    test batch is the test split. Pickles are read with a loader that builds arrays only."""
+    if dc.path is None:
+        raise InputError("data.path: the cifar source reads its batches from a folder or a .tar.gz; set data.path")
+    path = Path(dc.path)
+    if not path.exists():
+        raise InputError(f"data.path: {path}: no such folder or file")
+    files = _cifar_files(path)
+    train = [n for n in CIFAR_TRAIN if n in files]
+    test = [n for n in CIFAR_TEST if n in files]
+    if not train or not test:
+        raise InputError(f"data.path: {path}: no CIFAR {'train' if not train else 'test'} batch "
+                         "(data_batch_1..5 and test_batch, or train and test)")
+    parts = []
+    for name in (*train, *test):
+        batch = _unpickle(files[name], f"{path}: {name}")
+        key = "labels" if "labels" in batch else "fine_labels"
+        if "data" not in batch or key not in batch:
+            raise InputError(f"{path}: {name}: not a CIFAR batch (no data or labels)")
+        data, labels = np.asarray(batch["data"]), np.asarray(batch[key], dtype=np.int64)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+            raise InputError(f"{path}: {name}: not a CIFAR batch (data {data.dtype} {data.shape}, {len(labels)} labels)")
+        parts.append((data.reshape(-1, 3, 32, 32), labels, name in test))
+    meta = files.get("batches.meta") or files.get("meta")
+    names_key = "label_names" if "batches.meta" in files else "fine_label_names"
+    labels = np.concatenate([p[1] for p in parts])
+    classes = [str(i) for i in range(int(labels.max()) + 1)]
+    if meta is not None:
+        got = _unpickle(meta, f"{path}: meta").get(names_key)
+        if got is not None and len(got) >= len(classes):
+            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in got]
+    images = np.concatenate([p[0] for p in parts])
+    is_test = np.concatenate([np.full(len(p[1]), p[2]) for p in parts])
+    return SourceImages(
+        images=resize_uint8(images, dc.resolution),
+        labels=labels,
+        class_names=tuple(classes),
+        description=f"CIFAR python batches at {path.name}: {int((~is_test).sum())} train + {int(is_test.sum())} test, 32x32 colour",
+        test=is_test,
+    )
+
+
 SOURCES: dict[str, Callable[[DataConfig, int], SourceImages]] = {
     "digits": load_digits_source,
     "shapes": load_shapes_source,
     "mnist": load_mnist_source,
+    "cifar": load_cifar_source,
 }
