@@ -87,14 +87,14 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(500, ge=1)  # steps between checkpoints (and one at the end)
     threads: int = Field(0, ge=0)  # torch CPU threads for the local runner; 0 = torch default
     storage_path: str = Field(".ray_results", min_length=1)  # Ray Train run state; s3://... on a cluster
+    max_failures: int = Field(0, ge=0)  # Ray Train restarts from the last checkpoint after a worker dies
 
     @field_validator("storage_path")
     @classmethod
-    def _local_storage_ischeck_folder(cls, v: str) -> str:
-        if "://" not in v:
+    def _local_storage_is_a_folder(cls, v: str) -> str:
+        if "://" not in v:  # a URI is Ray's to check
             check_folder(Path(v))
         return v
-    max_failures: int = Field(0, ge=0)  # Ray Train restarts from the last checkpoint after a worker dies
 
 
 class TrackingConfig(Section):
