@@ -88,12 +88,28 @@ class TrainConfig(Section):
     threads: int = Field(0, ge=0)  # torch CPU threads for the local runner; 0 = torch default
     storage_path: str = Field(".ray_results", min_length=1)  # Ray Train run state; s3://... on a cluster
     max_failures: int = Field(0, ge=0)  # Ray Train restarts from the last checkpoint after a worker dies
+    # memory: each worker holds the whole train split as one tensor; shards: each worker streams its share of
+    # the shards (genpipe.data.stream); auto: shards once the decoded split exceeds memory_limit_mb
+    data_path: Literal["auto", "memory", "shards"] = "auto"
+    # auto's threshold, MB of decoded uint8 pixels; a fixed number, not a share of free memory, so that the
+    # path, and with it every batch, is the same on any machine and on resume
+    memory_limit_mb: float = Field(2048.0, ge=0.0)
+    shuffle_shards: int = Field(4, ge=1)  # shards path: rows are shuffled across this many shards at a time
+    prefetch_shards: int = Field(2, ge=1)  # shards path: decoded shards a background thread reads ahead
+    data_uri: str | None = None  # where workers read the prepared dataset: None = paths.data; s3://bucket/prefix
 
     @field_validator("storage_path")
     @classmethod
     def _local_storage_is_a_folder(cls, v: str) -> str:
         if "://" not in v:  # a URI is Ray's to check
             check_folder(Path(v))
+        return v
+
+    @field_validator("data_uri")
+    @classmethod
+    def _folder_or_s3(cls, v: str | None) -> str | None:
+        if v is not None and "://" in v and not v.startswith("s3://"):
+            raise ValueError(f"{v!r}: use a folder or s3://bucket/prefix")
         return v
 
 

@@ -46,7 +46,6 @@ def load_split(data_dir: Path | str, split: str, verify: bool = True) -> ImageSp
     """
     data_dir = Path(data_dir)
     card = read_card(data_dir)
-    c, h, w = card["shape"]
     images, labels = [], []
     for shard in card["shards"]:
         path = data_dir / shard["path"]
@@ -56,18 +55,10 @@ def load_split(data_dir: Path | str, split: str, verify: bool = True) -> ImageSp
             raise InputError(f"{path}: sha256 does not match {data_dir / 'card.json'}")
         try:
             table = pq.read_table(path, columns=["split", "label", "pixels"])
-            table = table.filter(pc.equal(table["split"], split))
-            buf = b"".join(table["pixels"].to_pylist())
-            pixels = np.frombuffer(buf, dtype=np.uint8).reshape(-1, c, h, w)
-            ys = table["label"].to_numpy().astype(np.int64)
         except (pa.ArrowException, OSError, ValueError) as exc:  # truncated, corrupt, or another layout
             raise InputError(f"{path}: not a readable shard of this dataset ({type(exc).__name__}); "
                              "run `genpipe prepare` again") from None
-        if len(ys) != len(pixels):
-            raise InputError(f"{path}: {len(ys)} labels for {len(pixels)} images; run `genpipe prepare` again")
-        if len(ys) and (ys.min() < 0 or ys.max() >= card["num_classes"]):
-            raise InputError(f"{path}: label {int(ys.max()) if ys.max() >= card['num_classes'] else int(ys.min())} "
-                             f"is not one of the card's {card['num_classes']} classes")
+        pixels, ys = decode_rows(table, split, card, path)
         if len(ys):
             images.append(pixels)
             labels.append(ys)
@@ -78,3 +69,23 @@ def load_split(data_dir: Path | str, split: str, verify: bool = True) -> ImageSp
         labels=torch.from_numpy(np.concatenate(labels)),
         card=card,
     )
+
+
+def decode_rows(table: pa.Table, split: str, card: dict, name: Path | str) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``split`` in one shard's ``table``: pixels (n, C, H, W) uint8 and labels (n,)
+    int64, in the shard's order; an :class:`InputError` naming ``name`` if they do not fit the card."""
+    c, h, w = card["shape"]
+    try:
+        table = table.filter(pc.equal(table["split"], split))
+        buf = b"".join(table["pixels"].to_pylist())
+        pixels = np.frombuffer(buf, dtype=np.uint8).reshape(-1, c, h, w)
+        ys = table["label"].to_numpy().astype(np.int64)
+    except (pa.ArrowException, OSError, ValueError, KeyError) as exc:  # corrupt, or another layout
+        raise InputError(f"{name}: not a readable shard of this dataset ({type(exc).__name__}); "
+                         "run `genpipe prepare` again") from None
+    if len(ys) != len(pixels):
+        raise InputError(f"{name}: {len(ys)} labels for {len(pixels)} images; run `genpipe prepare` again")
+    if len(ys) and (ys.min() < 0 or ys.max() >= card["num_classes"]):
+        raise InputError(f"{name}: label {int(ys.max()) if ys.max() >= card['num_classes'] else int(ys.min())} "
+                         f"is not one of the card's {card['num_classes']} classes")
+    return pixels, ys

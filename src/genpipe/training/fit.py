@@ -1,6 +1,10 @@
 """One family's training on one rank, whoever runs it: the train split, the family's model, and
 the loop (or, for a fitted family, its one ``fit``). The in-process runner and every Ray Train
 worker call :func:`fit`; it reports through the logger and checkpointer it is given.
+
+The train split comes whole into memory or, past ``train.memory_limit_mb`` (or with
+``train.data_path: shards``), as this rank's stream of its own shards (:mod:`genpipe.data.stream`),
+from ``paths.data`` or the copy at ``train.data_uri``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from torch import nn
 
 from genpipe.artifacts import LAST, checkpoint_state, save_checkpoint
 from genpipe.config import Config
-from genpipe.data import load_split
+from genpipe.data import ImageSplit, load_split, read_card
+from genpipe.data.stream import ShardedDataset, ShardPlan, ShardStream, choose_data_path
+from genpipe.errors import InputError
 from genpipe.images import to_uint8
 from genpipe.models import ImageSpec, get_family
 from genpipe.runtime import isolated_rng
@@ -47,9 +53,10 @@ def fit(
     meta: dict[str, Any],
     resume: dict[str, Any] | None,
 ) -> LoopResult:
-    """Load the train split, build the family's model, run the loop (on one rank)."""
-    data = load_split(cfg.paths.data, "train")
-    spec = ImageSpec(data.shape, data.num_classes)
+    """Load (or stream) the train split, build the family's model, run the loop (on one rank)."""
+    data = train_data(cfg, family, world, meta.get("dataset_sha256"))
+    card = data.card if isinstance(data, ImageSplit) else data.dataset.card
+    spec = ImageSpec(tuple(card["shape"]), int(card["num_classes"]))
     if get_family(family).trainer == "fit":  # by EM / in closed form, from its own seed: a fitted family
         # trains in the flow's process, whose other threads draw from the global RNG, so no reseeding
         with isolated_rng():
@@ -61,6 +68,30 @@ def fit(
         model, data, cfg.train_for(family), seed=cfg.seed, device=device, world=world,
         logger=logger, checkpointer=checkpointer, meta=meta, resume=resume,
     )
+
+
+def open_training_data(cfg: Config, family: str, expected_sha256: str | None = None) -> ShardedDataset:
+    """The prepared dataset training reads: ``train.data_uri`` (a copy of ``paths.data`` that every
+    node can reach, checked to be the same dataset) or ``paths.data``."""
+    tc = cfg.train_for(family)
+    dataset = ShardedDataset(tc.data_uri or cfg.paths.data, cfg.storage)
+    if tc.data_uri is not None and expected_sha256 is not None and dataset.card["sha256"] != expected_sha256:
+        raise InputError(f"train.data_uri: {dataset.uri} holds dataset {dataset.card['sha256'][:12]}, not "
+                         f"{expected_sha256[:12]} of {cfg.paths.data}; copy the prepared dataset there again")
+    return dataset
+
+
+def train_data(cfg: Config, family: str, world: World, expected_sha256: str | None) -> ImageSplit | ShardStream:
+    """This rank's train data: the split in memory (as it always was, from ``paths.data``), or its stream."""
+    tc = cfg.train_for(family)
+    fitted = get_family(family).trainer == "fit"
+    if tc.data_uri is None and choose_data_path(tc, read_card(cfg.paths.data), fitted) == "memory":
+        return load_split(cfg.paths.data, "train")
+    dataset = open_training_data(cfg, family, expected_sha256)
+    if choose_data_path(tc, dataset.card, fitted) == "memory":
+        return dataset.load_split("train")
+    plan = ShardPlan.build(dataset, tc, world.world_size, cfg.seed)
+    return ShardStream(dataset, plan, world.rank, tc.prefetch_shards)
 
 
 def fit_once(

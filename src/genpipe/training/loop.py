@@ -6,17 +6,19 @@ itself never imports MLflow or Ray: it reports through a :class:`TrainLogger` an
 :class:`Checkpointer`, both given by the caller.
 
 Determinism: batches are a pure function of (seed, step, rank), like DistributedSampler
-with drop_last; model noise comes from the global torch RNG seeded with seed + rank and
-saved in each checkpoint, so a resumed run continues the same random stream.
+with drop_last, on either data path (:class:`InMemoryBatches` here, or
+:class:`genpipe.data.stream.ShardStream`); model noise comes from the global torch RNG seeded
+with seed + rank and saved in each checkpoint, so a resumed run continues the same random stream.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -93,6 +95,34 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int, rank: int, worl
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
     mine = perm[rank : per_rank * world_size : world_size]
     return mine[k * batch_size : (k + 1) * batch_size]
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """Where a rank's batches come from: images (B, C, H, W) uint8 and labels (B,) int64 for the
+    steps ``start`` to ``stop``, each a pure function of (seed, step, rank, world size)."""
+
+    kind: str  # "memory" or "shards": what the checkpoint's meta records as data_path
+
+    def batches(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+    def report(self) -> dict[str, Any] | None: ...  # what it read, for the checkpoint; None: nothing to say
+
+
+class InMemoryBatches:
+    """The split held whole (one tensor), batches drawn by :func:`batch_indices`."""
+
+    kind = "memory"
+
+    def __init__(self, data: ImageSplit, batch_size: int, seed: int, rank: int, world_size: int):
+        self.data, self.batch_size, self.seed, self.rank, self.world_size = data, batch_size, seed, rank, world_size
+
+    def batches(self, start: int, stop: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for step in range(start, stop):
+            idx = batch_indices(len(self.data), self.batch_size, self.seed, step, self.rank, self.world_size)
+            yield self.data.images[idx], self.data.labels[idx]
+
+    def report(self) -> None:
+        return None
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -182,7 +212,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 def train_loop(
     model: nn.Module,
-    data: ImageSplit,
+    data: ImageSplit | BatchSource,  # the split in memory, or a rank's stream of batches
     cfg: TrainConfig,
     *,
     seed: int,  # base seed; rank r uses seed + r for model noise
@@ -202,7 +232,10 @@ def train_loop(
     }
     ema = make_ema(model, cfg.ema_decay)
     precision = resolve_precision(cfg.precision, device)
-    meta = {**meta, "precision": precision, "device": device.type}  # what the steps ran on, kept in every checkpoint
+    source = data if isinstance(data, BatchSource) else InMemoryBatches(data, cfg.batch_size, seed, world.rank,
+                                                                         world.world_size)
+    # what the steps ran on, kept in every checkpoint
+    meta = {**meta, "precision": precision, "device": device.type, "data_path": source.kind}
     step_module = world.wrap(_TrainingStep(model), device)
     torch.manual_seed(seed + world.rank)
     step = 0
@@ -221,48 +254,51 @@ def train_loop(
     seconds_before = float(resume.get("train_seconds", 0.0)) if resume is not None else 0.0
     bar = world.progress(cfg.steps, step, meta.get("family", "train"))
     sample_seed = seed + 1_000_003  # the same noise at every step: grids are comparable
-    while step < cfg.steps:
-        idx = batch_indices(len(data), cfg.batch_size, seed, step, world.rank, world.world_size)
-        x = to_model_range(data.images[idx]).to(device, non_blocking=True)  # (B, C, H, W) in [-1, 1]
-        y = data.labels[idx].to(device, non_blocking=True)  # (B,)
-        factor = lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_min_ratio)
-        for phase, opt in optimizers.items():
-            for pg in opt.param_groups:
-                pg["lr"] = groups[phase].lr * factor
-            try:
-                losses = _phase_step(step_module, opt, groups[phase].params, x, y, phase, cfg, device, precision)
-            except NonFiniteTraining as bad:
-                kept = f"the last checkpoint (step {saved}) is kept" if saved else "no checkpoint was written"
-                raise InputError(f"{meta.get('family', 'train')}: training diverged at step {step + 1} "
-                                 f"({'' if len(optimizers) == 1 else phase + ' phase, '}{bad}); {kept}: "
-                                 "lower the learning rate or check the settings") from None
-            window.add(losses, "" if len(optimizers) == 1 else f"{phase}/")
-        ema.update_parameters(model)
-        step += 1
-        window.steps += 1
-        bar.update(1)
-        final = step == cfg.steps
+    with closing(source.batches(step, cfg.steps)) as batches:  # a stream's reader thread ends with the loop
+        while step < cfg.steps:
+            images, labels = next(batches)
+            x = to_model_range(images).to(device, non_blocking=True)  # (B, C, H, W) in [-1, 1]
+            y = labels.to(device, non_blocking=True)  # (B,)
+            factor = lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_min_ratio)
+            for phase, opt in optimizers.items():
+                for pg in opt.param_groups:
+                    pg["lr"] = groups[phase].lr * factor
+                try:
+                    losses = _phase_step(step_module, opt, groups[phase].params, x, y, phase, cfg, device, precision)
+                except NonFiniteTraining as bad:
+                    kept = f"the last checkpoint (step {saved}) is kept" if saved else "no checkpoint was written"
+                    raise InputError(f"{meta.get('family', 'train')}: training diverged at step {step + 1} "
+                                     f"({'' if len(optimizers) == 1 else phase + ' phase, '}{bad}); {kept}: "
+                                     "lower the learning rate or check the settings") from None
+                window.add(losses, "" if len(optimizers) == 1 else f"{phase}/")
+            ema.update_parameters(model)
+            step += 1
+            window.steps += 1
+            bar.update(1)
+            final = step == cfg.steps
 
-        if step % cfg.log_every == 0 or final:
-            last, ips = window.flush(world, images_per_step)
-            if logger is not None:
-                logger.log_metrics(step, {**last, "lr": groups[next(iter(groups))].lr * factor, "images_per_s": ips})
-            bar.set_postfix(loss=f"{last.get('loss', next(iter(last.values()))):.4f}", img_s=f"{ips:.0f}")
-        if logger is not None and (step % cfg.sample_every == 0 or final):
-            ema.module.eval()
-            imgs = ema.module.sample(SAMPLE_GRID, generator=torch.Generator().manual_seed(sample_seed))
-            ema.module.train()
-            logger.log_samples(step, to_uint8(imgs.float().cpu()))
-        if step % cfg.checkpoint_every == 0 or final:
-            rngs = world.all_gather(rng_state(device))
-            elapsed = seconds_before + time.perf_counter() - t0
-            state = (checkpoint_state(family=meta.get("family"), step=step, total_steps=cfg.steps, seconds=elapsed,
-                                      model=model.state_dict(), ema=ema.state_dict(),
-                                      optimizers={p: o.state_dict() for p, o in optimizers.items()}, rngs=rngs,
-                                      meta=meta, world_size=world.world_size)
-                     if world.rank == 0 else None)
-            checkpointer.save(state, step, final=final, metrics=last)
-            saved = step
+            if step % cfg.log_every == 0 or final:
+                last, ips = window.flush(world, images_per_step)
+                if logger is not None:
+                    logger.log_metrics(step, {**last, "lr": groups[next(iter(groups))].lr * factor, "images_per_s": ips})
+                bar.set_postfix(loss=f"{last.get('loss', next(iter(last.values()))):.4f}", img_s=f"{ips:.0f}")
+            if logger is not None and (step % cfg.sample_every == 0 or final):
+                ema.module.eval()
+                imgs = ema.module.sample(SAMPLE_GRID, generator=torch.Generator().manual_seed(sample_seed))
+                ema.module.train()
+                logger.log_samples(step, to_uint8(imgs.float().cpu()))
+            if step % cfg.checkpoint_every == 0 or final:
+                gathered = world.all_gather((rng_state(device), source.report()))
+                rngs, reads = [g[0] for g in gathered], [g[1] for g in gathered]
+                elapsed = seconds_before + time.perf_counter() - t0
+                state = (checkpoint_state(family=meta.get("family"), step=step, total_steps=cfg.steps, seconds=elapsed,
+                                          model=model.state_dict(), ema=ema.state_dict(),
+                                          optimizers={p: o.state_dict() for p, o in optimizers.items()}, rngs=rngs,
+                                          meta={**meta, "data_reads": reads} if any(reads) else meta,
+                                          world_size=world.world_size)
+                         if world.rank == 0 else None)
+                checkpointer.save(state, step, final=final, metrics=last)
+                saved = step
     bar.close()
     seconds = time.perf_counter() - t0
     return LoopResult(step, last, seconds, (step - first_step) * images_per_step / max(seconds, 1e-9))

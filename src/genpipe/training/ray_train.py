@@ -130,7 +130,8 @@ def _worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     if os.path.isdir(config["cwd"]):  # relative paths in params.yaml mean the driver's folder
         os.chdir(config["cwd"])
-    cfg = validate_config(config["config"])
+    tree = config["config"]  # its S3 secrets come masked (Config.to_dict): the worker's own AWS_* variables or role serve
+    cfg = validate_config({**tree, "storage": {**tree["storage"], "access_key_id": None, "secret_access_key": None}})
     _quiet_worker_logs()
     world = RayWorld(interactive=config.get("interactive", False),
                      unused_parameters=get_family(config["family"]).unused_parameters)

@@ -21,11 +21,12 @@ from genpipe import tracking
 from genpipe.artifacts import CONFIG, FINAL, LAST, family_dir, load_checkpoint, seed_dir, trained_config, write_config_json
 from genpipe.config import Config
 from genpipe.data import ImageSplit, load_split, read_card
+from genpipe.data.stream import ShardedDataset, ShardPlan, choose_data_path
 from genpipe.errors import InputError
 from genpipe.images import to_model_range
 from genpipe.models import ImageSpec, get_family
 from genpipe.runtime import configure_cpu, isolated_rng, pick_device
-from genpipe.training.fit import LocalCheckpointer, build_model, fit
+from genpipe.training.fit import LocalCheckpointer, build_model, fit, open_training_data
 from genpipe.training.ray_train import train_with_ray
 from genpipe.training.world import LocalWorld
 
@@ -75,7 +76,15 @@ def _check_inputs(cfg: Config, family: str, card: dict) -> None:
         )
     if tc.runner == "local":
         pick_device(tc.device)  # fails now if cuda is asked for and absent
-    _preflight(cfg, family, load_split(cfg.paths.data, "train"))  # the shards' hashes and labels too
+    if tc.data_uri is not None:  # the workers' copy: reachable, and the same dataset
+        open_training_data(cfg, family, card["sha256"])
+    if choose_data_path(tc, card, get_family(family).trainer == "fit") == "memory":
+        _preflight(cfg, family, load_split(cfg.paths.data, "train"))  # the shards' hashes and labels too
+        return
+    dataset = ShardedDataset(cfg.paths.data, cfg.storage)  # streamed: checked without holding the split
+    dataset.verify()
+    ShardPlan.build(dataset, tc, world, cfg.seed)  # every worker gets shards and whole batches
+    _preflight(cfg, family, dataset.head("train", 2))
 
 
 def _preflight(cfg: Config, family: str, data: ImageSplit) -> None:
@@ -190,13 +199,15 @@ def run_params(cfg: Config, family: str) -> dict[str, str]:
 
 def ran_params(state: dict[str, Any], batch_size: int | None) -> dict[str, str]:
     """What the finished run ran on, from its checkpoint: ``ran.device``, ``ran.precision``,
-    ``ran.world_size`` (workers) and, for a family trained by steps of ``batch_size`` per worker,
-    ``ran.global_batch_size``."""
+    ``ran.world_size`` (workers), ``ran.data_path`` (memory or shards) and, for a family trained by
+    steps of ``batch_size`` per worker, ``ran.global_batch_size``."""
     meta = state.get("meta", {})
     world = int(meta.get("world_size", 1))
     out = {"ran.device": meta.get("device", "cpu"), "ran.world_size": str(world)}
     if meta.get("precision"):
         out["ran.precision"] = meta["precision"]
+    if meta.get("data_path"):
+        out["ran.data_path"] = meta["data_path"]
     if batch_size is not None:
         out["ran.global_batch_size"] = str(batch_size * world)
     return out
