@@ -30,7 +30,7 @@ from tests.conftest import TINY, write_params
 
 REPO = Path(__file__).resolve().parents[1]
 # dvc.yaml's templates read these keys from params.yaml, so they must be spelled out there
-DVC_KEYS = {"families": ["vae"], "stability_seeds": [], "paths": {"data": "data/prepared", "models": "models", "metrics": "metrics", "figures": "figures", "reports": "reports"}}
+DVC_KEYS = {"families": ["vae"], "stability_seeds": [], "data": {**TINY["data"], "path": "data/source"}, "paths": {"data": "data/prepared", "models": "models", "metrics": "metrics", "figures": "figures", "reports": "reports"}}
 OUTPUTS = ("data/prepared", "models", "figures", "generated", "metrics", "reports")  # every path a stage writes
 GIT_ENV = {"GIT_AUTHOR_NAME": "genpipe test", "GIT_AUTHOR_EMAIL": "test@genpipe.invalid",
            "GIT_COMMITTER_NAME": "genpipe test", "GIT_COMMITTER_EMAIL": "test@genpipe.invalid"}
@@ -60,6 +60,7 @@ def make_repo(folder: Path) -> Path:
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / name, folder / name)
     shutil.copytree(REPO / "src/genpipe", folder / "src/genpipe", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "data/source", folder / "data/source")  # what a clone has: prepare's source dependency
     write_params(folder, params(20))
     ok(run(folder, "git", "init", "-q"))
     ok(dvc(folder, "init", "-q"))
@@ -102,7 +103,8 @@ def test_git_keeps_the_lock_and_the_metrics_dvc_the_rest(committed):
     tracked = set(ok(run(committed, "git", "ls-files")).split())
     assert {"dvc.lock", "metrics/vae.json", "metrics/vae.provenance.json", "reports/comparison.json",
             "reports/provenance.json", "reports/plots/precision_recall.json", "reports/plots/fid_vs_nfe.json"} <= tracked
-    assert not [f for f in tracked if f.startswith(("data/", "models/", "figures/", "generated/"))]
+    assert not [f for f in tracked if f.startswith(("data/", "models/", "figures/", "generated/"))
+                and f not in ("data/source/README.md", "data/source/.gitignore")]  # the shipped source folder
     assert not [f for f in tracked if f.startswith("reports/") and f.endswith((".md", ".html", ".png"))]
     assert ok(run(committed, "git", "status", "--porcelain")) == ""  # nothing else left over, nothing dirty
 
@@ -144,6 +146,11 @@ def test_status_clean_repro_does_nothing_and_reproduces_on_a_fresh_copy(committe
         code.write_text(original + "\n# changed\n")
         assert set(pipeline_status(repo)) == stale, path
         code.write_text(original)
+    # and an image added to the source folder (data.path) makes prepare stale
+    (repo / "data/source/cats").mkdir()
+    (repo / "data/source/cats/new.png").write_bytes(b"\x89PNG a new image")
+    assert set(pipeline_status(repo)) == {"prepare"}
+    shutil.rmtree(repo / "data/source/cats")
     assert pipeline_status(repo) == {}
 
     # a fresh copy without outputs: `dvc repro` reproduces them with the same content

@@ -55,17 +55,52 @@ class ShapesConfig(Section):
         return self
 
 
+class ParquetConfig(Section):
+    """The ``parquet`` source: which columns hold the encoded images and the labels."""
+
+    image_column: str = Field("image", min_length=1)  # encoded bytes, or a struct with a ``bytes`` field (Hugging Face)
+    label_column: str | None = "label"  # integers or strings; None: unlabelled
+
+
 class DataConfig(Section):
     # digits: scikit-learn's bundled 8x8 handwritten digits (grey); shapes: procedural colour
     # shapes; mnist: IDX files (MNIST, Fashion-MNIST, KMNIST, EMNIST) in the folder data.path;
-    # cifar: CIFAR-10/100 python batches in the folder or .tar.gz data.path
-    source: Literal["digits", "shapes", "mnist", "cifar"] = "digits"
-    path: str | None = None  # where a source that reads files finds them (a folder or an archive)
+    # cifar: CIFAR-10/100 python batches in the folder or .tar.gz data.path; imagefolder: image
+    # files under data.path (labels from first-level sub-folders); parquet: encoded images in
+    # a Parquet file or dataset at data.path
+    source: Literal["digits", "shapes", "mnist", "cifar", "imagefolder", "parquet"] = "digits"
+    path: str = Field("data/source", min_length=1)  # where a source that reads files finds them: a folder, a file or s3://
     shapes: ShapesConfig = ShapesConfig()
+    parquet: ParquetConfig = ParquetConfig()
     resolution: int = Field(16, ge=8, le=256)  # side length of the prepared images, pixels
+    # imagefolder, parquet: how encoded images become (C, resolution, resolution) uint8
+    channels: Literal["auto", 1, 3] = "auto"  # auto: 3 if any image is colour, else 1
+    resize: Literal["center_crop", "resize", "pad"] = "center_crop"  # keep aspect and crop / stretch / keep and pad
+    upscale: bool = True  # false: an image smaller than the resolution is a bad file
+    background: str = "black"  # what transparent pixels and padding become (a colour name or #rrggbb)
+    on_bad_file: Literal["fail", "skip"] = "fail"  # an unreadable image stops prepare, or is left out (in the card)
+    workers: int = Field(0, ge=0)  # processes decoding images; 0 = one per CPU core
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)  # share of images held out for validation
     test_fraction: float = Field(0.1, gt=0.0, lt=0.5)  # share held out for the final numbers
     shard_rows: int = Field(1024, ge=1)  # rows per Parquet shard
+
+    @field_validator("background")
+    @classmethod
+    def _a_colour(cls, v: str) -> str:
+        from PIL import ImageColor  # deferred: only a config with this key set needs it
+
+        try:
+            ImageColor.getrgb(v)
+        except ValueError:
+            raise ValueError(f"{v!r}: not a colour (a name such as white, or #rrggbb)") from None
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _folder_file_or_s3(cls, v: str) -> str:
+        if "://" in v and not v.startswith("s3://"):
+            raise ValueError(f"{v!r}: use a local path or s3://bucket/prefix")
+        return v
 
 
 class TrainConfig(Section):

@@ -1,6 +1,19 @@
-"""Datasets: sources -> Parquet shards + dataset card -> tensors."""
+"""Datasets: sources -> Parquet shards + dataset card -> tensors.
 
-from genpipe.data.dataset import ImageSplit, load_split
-from genpipe.data.prepare import prepare_dataset, read_card
+The names below load on first use, so that importing a submodule (the decoding workers import
+:mod:`genpipe.data.files`) does not import torch.
+"""
 
-__all__ = ["ImageSplit", "load_split", "prepare_dataset", "read_card"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"ImageSplit": "dataset", "load_split": "dataset", "prepare_dataset": "prepare", "read_card": "prepare"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"genpipe.data.{_EXPORTS[name]}"), name)

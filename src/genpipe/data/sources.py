@@ -1,4 +1,6 @@
-"""Image sources: each returns every image of a dataset as uint8 ``(N, C, H, W)`` plus labels.
+"""Image sources. Array sources (digits, shapes, mnist, cifar) return every image as uint8
+``(N, C, H, W)`` plus labels; file sources (imagefolder, parquet) return a listing that prepare
+reads and decodes item by item, in parallel and in bounded memory.
 
 Nothing here downloads: sources read data that ships with an installed package, sits at a
 path the user gives, or is generated here from the seed (``shapes``).
@@ -8,7 +10,9 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import hashlib
 import io
+import json
 import pickle
 import tarfile
 from collections.abc import Callable
@@ -16,9 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from genpipe.config import DataConfig
+from genpipe.config import DataConfig, StorageConfig
+from genpipe.data.files import IMAGE_SUFFIXES, FolderReader, ParquetReader, first_line, locate
 from genpipe.errors import InputError
 
 
@@ -152,9 +160,7 @@ def load_mnist_source(dc: DataConfig, seed: int = 0) -> SourceImages:
     """IDX files in the folder ``data.path``: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
     ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each raw or ``.gz``; a prefix such as
     ``emnist-digits-`` is fine). The t10k images are the test split."""
-    if dc.path is None:
-        raise InputError("data.path: the mnist source reads IDX files from a folder; set data.path")
-    folder = Path(dc.path)
+    folder = Path(dc.path).expanduser()
     if not folder.is_dir():
         raise InputError(f"data.path: {folder}: {'not a folder' if folder.exists() else 'no such folder'}")
     parts = {}
@@ -233,9 +239,7 @@ def load_cifar_source(dc: DataConfig, seed: int = 0) -> SourceImages:
     """CIFAR-10 or CIFAR-100, "python version": ``data_batch_1..5`` + ``test_batch`` (10) or
     ``train`` + ``test`` (100, fine labels), in the folder or ``.tar.gz`` at ``data.path``. The
     test batch is the test split. Pickles are read with a loader that builds arrays only."""
-    if dc.path is None:
-        raise InputError("data.path: the cifar source reads its batches from a folder or a .tar.gz; set data.path")
-    path = Path(dc.path)
+    path = Path(dc.path).expanduser()
     if not path.exists():
         raise InputError(f"data.path: {path}: no such folder or file")
     files = _cifar_files(path)
@@ -272,6 +276,180 @@ def load_cifar_source(dc: DataConfig, seed: int = 0) -> SourceImages:
         test=is_test,
     )
 
+
+@dataclass(frozen=True)
+class SourceFiles:
+    """A source of encoded images, read and decoded item by item (in parallel) by prepare."""
+
+    reader: FolderReader | ParquetReader
+    labels: np.ndarray  # (N,) int64, one per item
+    class_names: tuple[str, ...]
+    labelled: bool  # False: images without classes (conditional training is refused)
+    description: str
+    listing: dict  # what the card records of the source: files, a digest of names, sizes and times, ignored files
+    shuffle: bool  # write each split in a seeded order (a folder listing is grouped by class); False: keep it
+
+
+def _listing(uri: str, fs: pafs.FileSystem, root: str, what: str) -> list[pafs.FileInfo]:
+    try:
+        info = fs.get_file_info(root)
+        if info.type == pafs.FileType.NotFound:
+            raise InputError(f"data.path: {uri}: no such {what}")
+        if info.type == pafs.FileType.File:
+            return [info]
+        return [f for f in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if f.type == pafs.FileType.File]
+    except OSError as exc:  # an unreachable endpoint, a missing bucket, access denied
+        raise InputError(f"data.path: {uri}: cannot be listed ({first_line(exc)})") from None
+
+
+def _digest(entries: list[tuple[str, int, int | None]]) -> str:
+    """sha256 of the listing's (relative name, size, modification time in ns), in name order."""
+    h = hashlib.sha256()
+    for name, size, mtime in sorted(entries):
+        h.update(f"{name}\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()
+
+
+def _hidden(rel: str) -> bool:
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def list_imagefolder(dc: DataConfig, storage: StorageConfig) -> SourceFiles:
+    """Image files (PNG, JPEG, WebP, BMP, GIF, TIFF, by suffix, any case) under the folder or
+    ``s3://`` prefix ``data.path``, hidden files and folders left out. Labels are the first-level
+    sub-folder names, sorted; images all at the top level make an unlabelled dataset."""
+    fs, root = locate(dc.path, storage)
+    uri = dc.path.rstrip("/") if dc.path.startswith("s3://") else root
+    infos = _listing(uri, fs, root, "folder")
+    if len(infos) == 1 and infos[0].path == root:
+        raise InputError(f"data.path: {uri}: a file, not a folder of images (data.source=imagefolder)")
+    images, ignored, entries = [], 0, []
+    for info in infos:
+        rel = info.path[len(root):].lstrip("/")
+        if _hidden(rel):
+            continue
+        mtime = info.mtime_ns
+        entries.append((rel, int(info.size or 0), mtime))
+        if rel.lower().endswith(IMAGE_SUFFIXES):
+            images.append(rel)
+        else:
+            ignored += 1
+    if not images:
+        raise InputError(f"data.path: {uri}: no image files (PNG, JPEG, WebP, BMP, GIF, TIFF) in it or its sub-folders")
+    images.sort()
+    flat = [r for r in images if "/" not in r]
+    nested = [r for r in images if "/" in r]
+    if flat and nested:
+        raise InputError(f"data.path: {uri}: images both at its top level ({flat[0]}) and in sub-folders "
+                         f"({nested[0]}): put every image in a folder per class, or all at the top level (unlabelled)")
+    classes = sorted({r.split("/", 1)[0] for r in nested})
+    index = {c: k for k, c in enumerate(classes)}
+    labels = np.array([index[r.split("/", 1)[0]] for r in nested], dtype=np.int64) if nested \
+        else np.zeros(len(images), dtype=np.int64)
+    kind = f"{len(classes)} classes (sub-folders)" if nested else "unlabelled (no sub-folders)"
+    return SourceFiles(
+        reader=FolderReader(fs, root, uri, images),
+        labels=labels,
+        class_names=tuple(classes) if nested else ("unlabelled",),
+        labelled=bool(nested),
+        description=f"image files under {uri}: {len(images)} images, {kind}",
+        listing={"path": uri, "files": len(images), "ignored_files": ignored, "digest": _digest(entries)},
+        shuffle=True,
+    )
+
+
+def _hf_names(schema: pa.Schema, column: str) -> list[str] | None:
+    """A Hugging Face ClassLabel's names for ``column``, from the schema's metadata, if any."""
+    try:
+        meta = json.loads((schema.metadata or {}).get(b"huggingface", b"{}"))
+        names = meta["info"]["features"][column]["names"]
+        return [str(n) for n in names] if isinstance(names, list) else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def list_parquet(dc: DataConfig, storage: StorageConfig) -> SourceFiles:
+    """Encoded images in the Parquet file, or the folder / ``s3://`` prefix of ``*.parquet`` files,
+    at ``data.path``: the column ``data.parquet.image_column`` (bytes, or Hugging Face's
+    ``{bytes, path}`` struct) and the labels in ``data.parquet.label_column`` (integers, or strings
+    named in sorted order; none: unlabelled). Rows keep their order."""
+    pc_ = dc.parquet
+    fs, root = locate(dc.path, storage)
+    uri = dc.path.rstrip("/") if dc.path.startswith("s3://") else root
+    infos = [i for i in _listing(uri, fs, root, "file or folder")
+             if i.path == root or (i.path.endswith(".parquet") and not _hidden(i.path[len(root):].lstrip("/")))]
+    if not infos:
+        raise InputError(f"data.path: {uri}: no .parquet files in it")
+    infos.sort(key=lambda i: i.path)
+    files, group_rows, labels, entries, schema0 = [], [], [], [], None
+    for info in infos:
+        name = f"s3://{info.path}" if uri.startswith("s3://") else info.path
+        try:
+            with fs.open_input_file(info.path) as handle:
+                pf = pq.ParquetFile(handle)
+                schema = pf.schema_arrow
+                if dc.parquet.image_column not in schema.names:
+                    raise InputError(f"data.parquet.image_column: {name} has no column {pc_.image_column!r} "
+                                     f"(its columns: {', '.join(schema.names)})")
+                kind = schema.field(pc_.image_column).type
+                if not (pa.types.is_binary(kind) or pa.types.is_large_binary(kind)
+                        or (pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0)):
+                    raise InputError(f"data.parquet.image_column: {name}: column {pc_.image_column!r} is {kind}, "
+                                     "not encoded image bytes")
+                if pc_.label_column is not None:
+                    if pc_.label_column not in schema.names:
+                        raise InputError(f"data.parquet.label_column: {name} has no column {pc_.label_column!r} "
+                                         f"(its columns: {', '.join(schema.names)}; null for unlabelled images)")
+                    labels.append(pf.read(columns=[pc_.label_column])[pc_.label_column].combine_chunks())
+                rows = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
+        except InputError:
+            raise
+        except (pa.ArrowException, OSError) as exc:
+            raise InputError(f"data.path: {name}: not a readable Parquet file ({first_line(exc)})") from None
+        schema0 = schema0 or schema
+        if sum(rows):
+            files.append(info.path)
+            group_rows.append(rows)
+        entries.append((info.path[len(root):].lstrip("/") or Path(info.path).name, int(info.size or 0), info.mtime_ns))
+    total = sum(sum(r) for r in group_rows)
+    if total == 0:
+        raise InputError(f"data.path: {uri}: its Parquet files hold no rows")
+    if pc_.label_column is None:
+        y, names = np.zeros(total, dtype=np.int64), ("unlabelled",)
+    else:
+        column = pa.concat_arrays([a.cast(labels[0].type) for a in labels]) if len(labels) > 1 else labels[0]
+        if column.null_count:
+            raise InputError(f"data.parquet.label_column: {uri}: {column.null_count} rows have no label")
+        if pa.types.is_integer(column.type):
+            y = column.to_numpy().astype(np.int64)
+            if y.min() < 0:
+                raise InputError(f"data.parquet.label_column: {uri}: label {int(y.min())} (labels are 0, 1, ...)")
+            found = _hf_names(schema0, pc_.label_column)
+            names = tuple(found) if found and len(found) > y.max() else tuple(str(i) for i in range(int(y.max()) + 1))
+        elif pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            values = column.to_pylist()
+            names = tuple(sorted(set(values)))
+            index = {n: k for k, n in enumerate(names)}
+            y = np.array([index[v] for v in values], dtype=np.int64)
+        else:
+            raise InputError(f"data.parquet.label_column: {uri}: column {pc_.label_column!r} is {column.type}, "
+                             "not integers or strings")
+    return SourceFiles(
+        reader=ParquetReader(fs, uri, files, group_rows, pc_.image_column),
+        labels=y,
+        class_names=names,
+        labelled=pc_.label_column is not None,
+        description=f"encoded images in Parquet at {uri}: {total} rows in {len(files)} files, "
+                    + (f"{len(names)} classes ({pc_.label_column})" if pc_.label_column else "unlabelled"),
+        listing={"path": uri, "files": len(files), "rows": total, "digest": _digest(entries)},
+        shuffle=False,
+    )
+
+
+FILE_SOURCES: dict[str, Callable[[DataConfig, StorageConfig], SourceFiles]] = {
+    "imagefolder": list_imagefolder,
+    "parquet": list_parquet,
+}
 
 SOURCES: dict[str, Callable[[DataConfig, int], SourceImages]] = {
     "digits": load_digits_source,

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -42,6 +41,7 @@ import torch
 
 from genpipe.config import StorageConfig, TrainConfig
 from genpipe.data.dataset import ImageSplit, decode_rows
+from genpipe.data.files import s3_filesystem
 from genpipe.data.prepare import CARD, _card_problem, read_card
 from genpipe.errors import InputError
 from genpipe.storage import sha256_file
@@ -68,7 +68,7 @@ class ShardedDataset:
     def __init__(self, uri: str | Path, storage: StorageConfig):
         self.uri = str(uri).rstrip("/")
         if self.uri.startswith("s3://"):
-            self.fs, self.root = _s3(storage), self.uri[len("s3://"):]
+            self.fs, self.root = s3_filesystem(storage), self.uri[len("s3://"):]
             self.card = self._remote_card()
         else:
             self.fs, self.root = pafs.LocalFileSystem(), Path(uri).resolve().as_posix()
@@ -160,19 +160,6 @@ class ShardedDataset:
                 pixels, labels = self.read_rows(shard, split)
                 return ImageSplit(torch.from_numpy(pixels[:n].copy()), torch.from_numpy(labels[:n].copy()), self.card)
         raise InputError(f"{self.uri}: split {split!r} is empty")
-
-
-def _s3(storage: StorageConfig) -> pafs.S3FileSystem:
-    """pyarrow's S3 client from the ``storage`` settings, each falling back to the AWS variables
-    (credentials: else the AWS default chain: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, a role)."""
-    endpoint = storage.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
-    key = storage.access_key_id.get_secret_value() if storage.access_key_id else None
-    secret = storage.secret_access_key.get_secret_value() if storage.secret_access_key else None
-    return pafs.S3FileSystem(
-        access_key=key, secret_key=secret if key else None,
-        region=storage.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        endpoint_override=endpoint, connect_timeout=storage.connect_timeout, request_timeout=storage.read_timeout,
-    )
 
 
 @dataclass(frozen=True)

@@ -74,6 +74,10 @@ def _check_inputs(cfg: Config, family: str, card: dict) -> None:
             f"train.batch_size (or {family}.batch_size): {tc.batch_size} per worker x {world} workers exceeds the "
             f"{card['counts']['train']} training images in {cfg.paths.data}"
         )
+    if cfg.family(family).conditional and card.get("labelled") is False:  # a folder of images without classes
+        raise InputError(f"{family}.conditional: the dataset in {cfg.paths.data} has no labels "
+                         f"({card.get('description', card['source'])}); train it unconditionally, or sort the "
+                         "images into one sub-folder per class and prepare again")
     if tc.runner == "local":
         pick_device(tc.device)  # fails now if cuda is asked for and absent
     if tc.data_uri is not None:  # the workers' copy: reachable, and the same dataset
