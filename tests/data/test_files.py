@@ -310,3 +310,22 @@ def test_two_decoding_processes_write_the_same_dataset(project, capsys):
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.count("\n") == 1 and "b/050.png: not an image Pillow can read" in err, err
     assert json.loads((project / "data/prepared/card.json").read_text())["sha256"] == one["sha256"]  # the old one kept
+
+
+def test_idx_files_and_a_cifar_archive_on_s3(project, bucket):
+    """mnist and cifar read their files from s3:// as from a folder: the same dataset."""
+    from tests.data.test_sources import _write_cifar, _write_mnist
+
+    s3 = boto3.client("s3")
+    _write_mnist(project / "idx", gz=True)
+    for f in sorted((project / "idx").iterdir()):
+        s3.put_object(Bucket=bucket, Key=f"mnist/{f.name}", Body=f.read_bytes())
+    archive, _ = _write_cifar(project / "cifar", tar=True)
+    s3.put_object(Bucket=bucket, Key="cifar/cifar-10-python.tar.gz", Body=archive.read_bytes())
+    for source, local, remote in (("mnist", project / "idx", f"s3://{bucket}/mnist"),
+                                  ("cifar", archive, f"s3://{bucket}/cifar/cifar-10-python.tar.gz")):
+        a = prepare_dataset(load_config("params.yaml", [f"data.source={source}", f"data.path={local}"]))
+        b = prepare_dataset(load_config("params.yaml", [f"data.source={source}", f"data.path={remote}"]))
+        assert b["sha256"] == a["sha256"] and b["counts"] == a["counts"], source
+    with pytest.raises(InputError, match=rf"^data.path: s3://{bucket}/nothing: no such folder$"):
+        prepare_dataset(load_config("params.yaml", ["data.source=mnist", f"data.path=s3://{bucket}/nothing"]))

@@ -52,6 +52,41 @@ def locate(uri: str, storage: StorageConfig) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), Path(uri).expanduser().resolve().as_posix()
 
 
+class Location:
+    """A source's local path or ``s3://`` URI, for the sources that read whole files (mnist, cifar)."""
+
+    def __init__(self, uri: str, storage: StorageConfig):
+        self.fs, self.root = locate(uri, storage)
+        self.uri = uri.rstrip("/") if uri.startswith("s3://") else self.root
+
+    def name(self, rel: str = "") -> str:
+        return f"{self.uri}/{rel}" if rel else self.uri
+
+    def kind(self) -> str | None:
+        """"folder", "file", or None when nothing is there; an unreachable store is one line."""
+        try:
+            info = self.fs.get_file_info(self.root)
+        except OSError as exc:
+            raise InputError(f"data.path: {self.uri}: cannot be read ({first_line(exc)})") from None
+        return {pafs.FileType.Directory: "folder", pafs.FileType.File: "file"}.get(info.type)
+
+    def files(self, recursive: bool = False) -> list[str]:
+        """The files under the folder, as paths relative to it, sorted."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=recursive))
+        except OSError as exc:
+            raise InputError(f"data.path: {self.uri}: cannot be listed ({first_line(exc)})") from None
+        return sorted(i.path[len(self.root):].lstrip("/") for i in infos if i.type == pafs.FileType.File)
+
+    def read(self, rel: str = "") -> bytes:
+        try:
+            # compression=None: the bytes as stored (pyarrow would gunzip a .gz by its suffix)
+            with self.fs.open_input_stream(f"{self.root}/{rel}" if rel else self.root, compression=None) as handle:
+                return handle.read()
+        except OSError as exc:
+            raise InputError(f"{self.name(rel)}: cannot be read ({first_line(exc)})") from None
+
+
 def first_line(exc: BaseException) -> str:
     """An exception's first line, short (pyarrow's and Pillow's messages name no credentials)."""
     text = str(exc).strip()
@@ -176,7 +211,7 @@ def decode(data: bytes, policy: Policy) -> np.ndarray:
 def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
     """A file's bytes; an unreadable one is a :class:`BadImage`, an unreachable store an InputError."""
     try:
-        with fs.open_input_stream(path) as f:
+        with fs.open_input_stream(path, compression=None) as f:
             return f.read()
     except FileNotFoundError:
         raise BadImage("vanished while prepare ran") from None

@@ -88,7 +88,7 @@ def prepare_dataset(cfg: Config) -> dict:
     dc = cfg.data
     if dc.source in FILE_SOURCES:
         return _prepare_files(cfg, FILE_SOURCES[dc.source](dc, cfg.storage))
-    src = SOURCES[dc.source](dc, cfg.seed)
+    src = SOURCES[dc.source](dc, cfg.seed, cfg.storage)
     splits = split_indices(src.labels, dc.val_fraction, dc.test_fraction, cfg.seed, src.test)
     order = np.concatenate([np.flatnonzero(splits == s) for s in SPLITS])  # train, val, test
     with atomic_directory(cfg.paths.data) as tmp:

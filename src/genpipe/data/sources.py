@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
 from genpipe.config import DataConfig, StorageConfig
-from genpipe.data.files import IMAGE_SUFFIXES, FolderReader, ParquetReader, first_line, locate
+from genpipe.data.files import IMAGE_SUFFIXES, FolderReader, Location, ParquetReader, first_line, locate
 from genpipe.errors import InputError
 
 
@@ -53,7 +53,7 @@ def resize_uint8(images: np.ndarray, resolution: int) -> np.ndarray:
     return out
 
 
-def load_digits_source(dc: DataConfig, seed: int = 0) -> SourceImages:
+def load_digits_source(dc: DataConfig, seed: int = 0, storage: StorageConfig | None = None) -> SourceImages:
     """scikit-learn's bundled UCI handwritten digits: 1797 images, 8x8, 17 grey levels."""
     from sklearn.datasets import load_digits  # deferred: scikit-learn takes a second to import
 
@@ -82,7 +82,7 @@ def shape_area(shape: str, scale: float) -> float:
     return {"square": 1.0, "circle": np.pi / 4, "triangle": np.sqrt(3) / 4}[shape] * scale**2
 
 
-def load_shapes_source(dc: DataConfig, seed: int = 0) -> SourceImages:
+def load_shapes_source(dc: DataConfig, seed: int = 0, storage: StorageConfig | None = None) -> SourceImages:
     """Procedural colour images: one shape per image on black, its factors drawn independently
     and uniformly from the seed: shape (the label), colour, scale (the bounding box's side, a
     fraction of the image's) and position (the box's centre, where the box fits)."""
@@ -128,11 +128,12 @@ def load_shapes_source(dc: DataConfig, seed: int = 0) -> SourceImages:
 IDX_TYPES = {0x08: np.uint8}  # the IDX element types MNIST-style files use (unsigned bytes)
 
 
-def read_idx(path: Path, dims: int) -> np.ndarray:
-    """An IDX file (raw or gzip) of unsigned bytes with ``dims`` dimensions: its array. InputError
-    naming the file when the magic number, the dimensions or the size say it is not one."""
+def read_idx(data: bytes, path: str, dims: int) -> np.ndarray:
+    """An IDX file's bytes (raw or gzip, by ``path``'s suffix) of unsigned bytes with ``dims``
+    dimensions: its array. InputError naming ``path`` when the magic number, the dimensions or
+    the size say it is not one."""
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        raw = gzip.decompress(data) if path.endswith(".gz") else data
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise InputError(f"{path}: cannot be read ({type(exc).__name__}: {exc})") from None
     if len(raw) < 4 + 4 * dims or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES or raw[3] != dims:
@@ -147,31 +148,31 @@ def read_idx(path: Path, dims: int) -> np.ndarray:
     return np.frombuffer(body, dtype=IDX_TYPES[raw[2]]).reshape(shape)
 
 
-def _idx_file(folder: Path, part: str) -> Path:
+def _idx_file(folder: Location, names: list[str], part: str) -> str:
     """The one ``*<part>`` file in ``folder``, raw or ``.gz`` (MNIST, Fashion-MNIST, KMNIST, EMNIST names)."""
-    found = sorted(p for p in folder.iterdir() if p.name.endswith((part, part + ".gz")))
+    found = [n for n in names if n.endswith((part, part + ".gz"))]
     if len(found) != 1:
-        what = "no" if not found else f"{len(found)} ({', '.join(p.name for p in found)})"
-        raise InputError(f"data.path: {folder}: {what} file named *{part}[.gz]")
+        what = "no" if not found else f"{len(found)} ({', '.join(found)})"
+        raise InputError(f"data.path: {folder.uri}: {what} file named *{part}[.gz]")
     return found[0]
 
 
-def load_mnist_source(dc: DataConfig, seed: int = 0) -> SourceImages:
+def load_mnist_source(dc: DataConfig, seed: int = 0, storage: StorageConfig | None = None) -> SourceImages:
     """IDX files in the folder ``data.path``: ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
     ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte`` (each raw or ``.gz``; a prefix such as
     ``emnist-digits-`` is fine). The t10k images are the test split."""
-    folder = Path(dc.path).expanduser()
-    if not folder.is_dir():
-        raise InputError(f"data.path: {folder}: {'not a folder' if folder.exists() else 'no such folder'}")
-    parts = {}
+    folder = Location(dc.path, storage or StorageConfig())
+    if (kind := folder.kind()) != "folder":
+        raise InputError(f"data.path: {folder.uri}: {'not a folder' if kind else 'no such folder'}")
+    names, parts = folder.files(), {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = read_idx(_idx_file(folder, f"{prefix}-images-idx3-ubyte"), 3)
-        labels = read_idx(_idx_file(folder, f"{prefix}-labels-idx1-ubyte"), 1)
+        found = [_idx_file(folder, names, f"{prefix}-{what}") for what in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+        images, labels = (read_idx(folder.read(n), folder.name(n), d) for n, d in zip(found, (3, 1)))
         if len(images) != len(labels):
-            raise InputError(f"data.path: {folder}: {len(images)} {prefix} images but {len(labels)} labels")
+            raise InputError(f"data.path: {folder.uri}: {len(images)} {prefix} images but {len(labels)} labels")
         parts[split] = (images, labels.astype(np.int64))
     if parts["train"][0].shape[1:] != parts["test"][0].shape[1:]:
-        raise InputError(f"data.path: {folder}: train images are {parts['train'][0].shape[1:]}, "
+        raise InputError(f"data.path: {folder.uri}: train images are {parts['train'][0].shape[1:]}, "
                          f"test images {parts['test'][0].shape[1:]}")
     images = np.concatenate([parts["train"][0], parts["test"][0]])[:, None]  # (N, 1, H, W)
     labels = np.concatenate([parts["train"][1], parts["test"][1]])
@@ -183,7 +184,7 @@ def load_mnist_source(dc: DataConfig, seed: int = 0) -> SourceImages:
         images=resize_uint8(images, dc.resolution),
         labels=labels,
         class_names=tuple(str(i) for i in range(classes)),
-        description=f"IDX files (MNIST layout) in {folder.name}: {len(parts['train'][1])} train + "
+        description=f"IDX files (MNIST layout) in {folder.uri.rsplit('/', 1)[-1]}: {len(parts['train'][1])} train + "
                     f"{len(parts['test'][1])} test images, {h}x{w} grey",
         test=test,
     )
@@ -221,28 +222,29 @@ def _unpickle(raw: bytes, where: str) -> dict:
 CIFAR_TRAIN, CIFAR_TEST = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "train"), ("test_batch", "test")
 
 
-def _cifar_files(path: Path) -> dict[str, bytes]:
+def _cifar_files(path: Location) -> dict[str, bytes]:
     """The batch files (name -> bytes) of the CIFAR "python version" in a folder or a .tar.gz."""
     names = {*CIFAR_TRAIN, *CIFAR_TEST, "batches.meta", "meta"}
-    if path.is_dir():
-        found = {p.name: p for p in path.rglob("*") if p.is_file() and p.name in names}
-        return {n: p.read_bytes() for n, p in found.items()}
+    if path.kind() == "folder":
+        found = {rel.rsplit("/", 1)[-1]: rel for rel in path.files(recursive=True) if rel.rsplit("/", 1)[-1] in names}
+        return {n: path.read(rel) for n, rel in found.items()}
     try:
-        with tarfile.open(path) as tar:
+        with tarfile.open(fileobj=io.BytesIO(path.read())) as tar:
             return {m.name.rsplit("/", 1)[-1]: tar.extractfile(m).read() for m in tar.getmembers()
                     if m.isfile() and m.name.rsplit("/", 1)[-1] in names}
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise InputError(f"data.path: {path}: not a folder or a readable .tar.gz ({type(exc).__name__})") from None
+        raise InputError(f"data.path: {path.uri}: not a folder or a readable .tar.gz ({type(exc).__name__})") from None
 
 
-def load_cifar_source(dc: DataConfig, seed: int = 0) -> SourceImages:
+def load_cifar_source(dc: DataConfig, seed: int = 0, storage: StorageConfig | None = None) -> SourceImages:
     """CIFAR-10 or CIFAR-100, "python version": ``data_batch_1..5`` + ``test_batch`` (10) or
     ``train`` + ``test`` (100, fine labels), in the folder or ``.tar.gz`` at ``data.path``. The
     test batch is the test split. Pickles are read with a loader that builds arrays only."""
-    path = Path(dc.path).expanduser()
-    if not path.exists():
-        raise InputError(f"data.path: {path}: no such folder or file")
-    files = _cifar_files(path)
+    location = Location(dc.path, storage or StorageConfig())
+    if location.kind() is None:
+        raise InputError(f"data.path: {location.uri}: no such folder or file")
+    files = _cifar_files(location)
+    path = location.uri
     train = [n for n in CIFAR_TRAIN if n in files]
     test = [n for n in CIFAR_TEST if n in files]
     if not train or not test:
@@ -272,7 +274,7 @@ def load_cifar_source(dc: DataConfig, seed: int = 0) -> SourceImages:
         images=resize_uint8(images, dc.resolution),
         labels=labels,
         class_names=tuple(classes),
-        description=f"CIFAR python batches at {path.name}: {int((~is_test).sum())} train + {int(is_test.sum())} test, 32x32 colour",
+        description=f"CIFAR python batches at {path.rsplit('/', 1)[-1]}: {int((~is_test).sum())} train + {int(is_test.sum())} test, 32x32 colour",
         test=is_test,
     )
 
@@ -451,7 +453,8 @@ FILE_SOURCES: dict[str, Callable[[DataConfig, StorageConfig], SourceFiles]] = {
     "parquet": list_parquet,
 }
 
-SOURCES: dict[str, Callable[[DataConfig, int], SourceImages]] = {
+# (data settings, seed, storage settings for s3:// paths) -> every image
+SOURCES: dict[str, Callable[[DataConfig, int, StorageConfig], SourceImages]] = {
     "digits": load_digits_source,
     "shapes": load_shapes_source,
     "mnist": load_mnist_source,
