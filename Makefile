@@ -1,5 +1,6 @@
 # genpipe: the two commands of the README quickstart, and what they need.
-#   make run   set up .venv, then run the main job on the embedded defaults (quick profile)
+#   make run   set up .venv, then run the main job on the embedded defaults (quick profile);
+#              ARGS="-S key=value ..." for other settings, e.g. ARGS="-S preset=colour32 -S data.source=shapes"
 #   make test  set up .venv, then run every test
 PYTHON ?= python3
 VENV   := .venv
@@ -22,7 +23,7 @@ $(STAMP): pyproject.toml constraints.txt
 # The Prefect flow (a temporary local Prefect API unless PREFECT_API_URL is set):
 # prepare -> features + train -> evaluate -> generate -> report, then `dvc commit` so `dvc status` is clean.
 run: $(STAMP)
-	$(BIN)/python -m flows.pipeline
+	$(BIN)/python -m flows.pipeline $(ARGS)
 	@echo "browse the runs: $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db, then open"
 	@echo "  http://127.0.0.1:5000/#/experiments/1?workflowType=machine_learning"
 

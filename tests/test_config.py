@@ -143,3 +143,26 @@ def test_sample_counts_the_metrics_cannot_use_fail_when_params_load(tmp_path, ov
     assert f"{params}: {key}" in str(err.value) and "\n" not in str(err.value)
     load_config(params, ["features.feature_dim=100"])  # exactly as many samples as dimensions is enough
     load_config(params, ["features.feature_dim=128", "evaluate.sweep={}"])  # no sweep, no sweep count
+
+
+def test_a_preset_sits_between_the_profile_and_the_overrides():
+    raw = {"profile": "full", "profiles": {"quick": {}, "full": {"data": {"resolution": 32}, "train": {"steps": 50}}},
+           "presets": {"grey28": {"data": {"resolution": 28}}, "big": {"train": {"steps": 7}}}}
+    assert resolve(raw).data.resolution == 32 and resolve(raw).preset is None
+    assert resolve(raw, ["preset=grey28"]).data.resolution == 28  # the preset beats the profile
+    assert resolve(raw, ["preset=grey28", "data.resolution=64"]).data.resolution == 64  # -S beats the preset
+    assert resolve(raw, ["preset=big"]).train.steps == 7 and resolve(raw, ["preset=big"]).data.resolution == 32
+    with pytest.raises(InputError, match=r"preset: unknown preset 'mnist' \(defined: grey28, big\)$"):
+        resolve(raw, ["preset=mnist"])
+    bad = {**raw, "presets": {**raw["presets"], "typo": {"data": {"resolutoin": 28}}}}
+    with pytest.raises(InputError, match=r"presets.typo.data.resolutoin"):  # every preset is checked, not only the active one
+        resolve(bad)
+
+
+def test_shipped_presets_are_valid_on_every_profile():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(raw["presets"]) >= {"grey28", "colour32"}
+    for profile in raw["profiles"]:
+        for preset in raw["presets"]:
+            cfg = load_config(REPO / "params.yaml", [f"profile={profile}", f"preset={preset}"])
+            assert cfg.data.resolution == raw["presets"][preset]["data"]["resolution"]

@@ -30,7 +30,8 @@ from tests.conftest import TINY, write_params
 
 REPO = Path(__file__).resolve().parents[1]
 # dvc.yaml's templates read these keys from params.yaml, so they must be spelled out there
-DVC_KEYS = {"families": ["vae"], "stability_seeds": [], "data": {**TINY["data"], "path": "data/source"}, "paths": {"data": "data/prepared", "models": "models", "metrics": "metrics", "figures": "figures", "reports": "reports"}}
+DVC_KEYS = {"families": ["vae"], "stability_seeds": [], "data": {**TINY["data"], "path": "data/source"},
+            "preset": None, "presets": {"grey28": {"data": {"resolution": 28}}}, "paths": {"data": "data/prepared", "models": "models", "metrics": "metrics", "figures": "figures", "reports": "reports"}}
 OUTPUTS = ("data/prepared", "models", "figures", "generated", "metrics", "reports")  # every path a stage writes
 GIT_ENV = {"GIT_AUTHOR_NAME": "genpipe test", "GIT_AUTHOR_EMAIL": "test@genpipe.invalid",
            "GIT_COMMITTER_NAME": "genpipe test", "GIT_COMMITTER_EMAIL": "test@genpipe.invalid"}

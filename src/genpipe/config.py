@@ -5,6 +5,8 @@ Resolution order (later wins):
 1. the base values in ``params.yaml``;
 2. the active profile, ``profiles.<profile>``, deep-merged on top (``quick`` for CPU
    minutes, ``full`` for a GPU);
+2b. the active preset, ``presets.<preset>`` if ``preset`` is set: a dataset shape's resolution
+   and budgets (``grey28``, ``colour32``), deep-merged on top of the profile;
 3. ``-S key.path=value`` overrides, the same syntax as ``dvc exp run -S``. Values are
    parsed as YAML (``-S train.steps=10``, ``-S vae.channels=[16,32]``).
 
@@ -251,6 +253,7 @@ class Config(Section):
     :data:`genpipe.models.FAMILIES` brings its section with it."""
 
     profile: str = "quick"  # name of the entry in `profiles` to apply
+    preset: str | None = None  # name of the entry in `presets` (a dataset shape's budgets), applied after the profile
     seed: Seed = 0
     # extra training seeds: each family is also trained with each of these (models/<family>/seeds/<s>/),
     # and the report gives the spread of FID over `seed` and these (training stability)
@@ -449,12 +452,22 @@ def resolve(raw: dict[str, Any], overrides: list[str] = (), where: str = "params
     name = tree.get("profile", Config.model_fields["profile"].default)
     if name not in profiles:
         raise InputError(f"{where}: profile: unknown profile {name!r} (defined: {', '.join(profiles) or 'none'})")
+    presets = tree.pop("presets", None) or {}
+    if not isinstance(presets, dict) or not all(isinstance(p, dict) for p in presets.values()):
+        raise InputError(f"{where}: presets: expected a mapping of preset name to settings")
+    preset = tree.get("preset")
+    if preset is not None and preset not in presets:
+        raise InputError(f"{where}: preset: unknown preset {preset!r} (defined: {', '.join(presets) or 'none'})")
     _validate(tree, where)  # the base alone first, so its errors are not blamed on a profile
     for other, settings in profiles.items():  # every profile must be valid, not only the active one
         _validate(_deep_merge(tree, settings), where, prefix=f"profiles.{other}.")
     tree = _deep_merge(tree, profiles[name])
-    for (parts, value), text in parsed:  # -S beats the profile
-        if parts[0] != "profiles":
+    for other, settings in presets.items():  # and every preset on the active profile
+        _validate(_deep_merge(tree, settings), where, prefix=f"presets.{other}.")
+    if preset is not None:
+        tree = _deep_merge(tree, presets[preset])
+    for (parts, value), text in parsed:  # -S beats the profile and the preset
+        if parts[0] not in ("profiles", "presets"):
             _set_path(tree, parts, value, f"{where}: -S {text}")
     return _validate(tree, where)
 
