@@ -44,6 +44,23 @@ def write_params(folder: Path, tree: dict | None = None) -> Path:
     return path
 
 
+def train_killed_after_first_checkpoint(monkeypatch, cfg, family: str) -> None:
+    """Train ``family`` until its first checkpoint is written, then die as a killed process would."""
+    from genpipe.training import train_family
+    from genpipe.training.stage import LocalCheckpointer
+
+    original = LocalCheckpointer.save
+
+    def crash_after_first(self, state, step, final, metrics):
+        original(self, state, step, final, metrics)
+        raise KeyboardInterrupt  # the process dies right after the checkpoint
+
+    monkeypatch.setattr(LocalCheckpointer, "save", crash_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        train_family(cfg, family)
+    monkeypatch.setattr(LocalCheckpointer, "save", original)
+
+
 @pytest.fixture(scope="session")
 def mlflow_uri(tmp_path_factory) -> str:
     """One sqlite store for the session (creating its tables takes seconds)."""

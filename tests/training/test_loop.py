@@ -17,7 +17,7 @@ from genpipe.training import train_family
 from genpipe.artifacts import load_checkpoint, save_checkpoint
 from genpipe.training.ema import ema_decay_at, make_ema
 from genpipe.training.loop import _phase_step, batch_indices, lr_factor, resolve_precision
-from genpipe.training.stage import LocalCheckpointer
+from tests.conftest import train_killed_after_first_checkpoint
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
@@ -161,16 +161,7 @@ def test_resume_continues_the_same_run_steps_and_random_stream(project, monkeypa
     whole = train_family(cfg, "vae")
     expected = _weights(whole.checkpoint)
 
-    original = LocalCheckpointer.save
-
-    def crash_after_first(self, state, step, final, metrics):
-        original(self, state, step, final, metrics)
-        raise KeyboardInterrupt  # the process dies right after step 20's checkpoint
-
-    monkeypatch.setattr(LocalCheckpointer, "save", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        train_family(cfg, "vae")
-    monkeypatch.setattr(LocalCheckpointer, "save", original)
+    train_killed_after_first_checkpoint(monkeypatch, cfg, "vae")  # at step 20
     last = project / "models/vae/last.pt"
     assert load_checkpoint(last)["step"] == 20
     run_id = load_checkpoint(last)["meta"]["mlflow_run_id"]

@@ -15,7 +15,7 @@ from genpipe.config import load_config
 from genpipe.data import prepare_dataset
 from genpipe.data.stream import ShardedDataset, ShardPlan
 from genpipe.training import train_family
-from genpipe.training.stage import LocalCheckpointer
+from tests.conftest import train_killed_after_first_checkpoint
 
 # 92 kB of decoded train pixels against a 10 kB limit: `auto` streams; 15 shards, 12 with train rows
 STREAMED = ["train.memory_limit_mb=0.01", "data.shard_rows=128"]
@@ -48,16 +48,7 @@ def test_streamed_training_is_deterministic_and_resumes_bit_exactly(project, mon
     again = train_family(cfg, "vae")
     assert again.losses == whole.losses and all(torch.equal(expected[k], v) for k, v in _weights(again.checkpoint).items())
 
-    original = LocalCheckpointer.save
-
-    def crash_after_first(self, state, step, final, metrics):
-        original(self, state, step, final, metrics)
-        raise KeyboardInterrupt  # the process dies right after step 20's checkpoint
-
-    monkeypatch.setattr(LocalCheckpointer, "save", crash_after_first)
-    with pytest.raises(KeyboardInterrupt):
-        train_family(cfg, "vae")
-    monkeypatch.setattr(LocalCheckpointer, "save", original)
+    train_killed_after_first_checkpoint(monkeypatch, cfg, "vae")  # at step 20
     assert load_checkpoint(project / "models/vae/last.pt")["step"] == 20
     resumed = train_family(cfg, "vae", resume=True)
     got = _weights(resumed.checkpoint)
