@@ -100,6 +100,9 @@ def run(argv: Sequence[str] | None = None) -> int:
 
         card = prepare_dataset(cfg)
         print(f"prepared {card['source']} {tuple(card['shape'])}: {card['counts']} -> {cfg.paths.data} (sha256 {card['sha256'][:12]})")
+        if card.get("skipped", {}).get("count"):  # data.on_bad_file=skip: say so, the card lists them
+            print(f"skipped {card['skipped']['count']} unreadable files (first: {card['skipped']['first'][0]['file']}); "
+                  f"see {cfg.paths.data / 'card.json'}")
     elif args.stage == "train":
         from genpipe.training import train_family
 
