@@ -132,8 +132,11 @@ def test_the_first_bad_file_stops_prepare_with_one_line(project, capsys):
     # the probe (headers only) finds the empty file before decoding reaches the truncated one
     assert "red/empty.jpg: an empty file" in err and "data.on_bad_file=skip" in err
     assert not (project / "data").exists()
-    main(["prepare", "-S", "data.source=imagefolder", "-S", f"data.path={project / 'photos'}", "-S", "data.on_bad_file=skip"])
+    with pytest.raises(SystemExit) as exit_:
+        main(["prepare", "-S", "data.source=imagefolder", "-S", f"data.path={project / 'photos'}",
+              "-S", "data.on_bad_file=skip"])
     out = capsys.readouterr().out
+    assert exit_.value.code == 0
     assert "skipped 2 unreadable files (first: " in out and "card.json" in out, out
 
 
