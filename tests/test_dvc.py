@@ -38,7 +38,8 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "genpipe test", "GIT_AUTHOR_EMAIL": "test@genpipe.
 
 
 def params(steps: int) -> dict:
-    return {**TINY, **DVC_KEYS, "train": {**TINY["train"], "steps": steps}, "generate": {"out": "generated", "n": 8, "batch_size": 8}}
+    return {**TINY, **DVC_KEYS, "train": {**TINY["train"], "steps": steps}, "generate": {"out": "generated", "n": 8, "batch_size": 8},
+            "evaluate": {**TINY["evaluate"], "pr_k": 3, "dc_k": 5}}  # the features stage's params (the reference's k)
 
 
 def run(folder: Path, *cmd: str | Path) -> subprocess.CompletedProcess:

@@ -116,7 +116,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         from genpipe.evaluation.features import train_feature_net
 
         card = train_feature_net(cfg)
-        print(f"feature network {card['id']}: test accuracy {card['test_accuracy']:.4f} -> {cfg.paths.models}/features")
+        print(f"feature network {card['id']}: test accuracy {card['test_accuracy']:.4f}, and the real data's reference "
+              f"statistics -> {cfg.paths.models}/features")
     elif args.stage == "evaluate":
         from genpipe.evaluation.stage import evaluate_family
 

@@ -224,22 +224,25 @@ class _StubExtractor:
         self.proj = torch.randn(16, 8, generator=g, dtype=torch.float64)
         self.head = torch.randn(8, num_classes, generator=g, dtype=torch.float64)
 
-    def features_and_probs(self, images, batch_size):
+    def features_and_probs(self, images, batch_size, probs=True):
         feats = (images.reshape(len(images), -1)[:, :16].double() / 255.0) @ self.proj
-        return feats, torch.softmax(feats @ self.head, dim=1)
+        return feats, torch.softmax(feats @ self.head, dim=1) if probs else None
 
 
 @pytest.mark.parametrize("extractor_classes", [3, 1008])  # the data's classes | Inception's ImageNet ones
 def test_sample_quality_takes_a_class_histogram_only_over_the_datas_classes(extractor_classes):
-    from genpipe.evaluation.quality import Reference, sample_quality
+    from genpipe.data import ImageSplit
+    from genpipe.evaluation.quality import reference_quality, sample_quality
+    from genpipe.evaluation.reference import compute_reference
 
     g = torch.Generator().manual_seed(1)
-    train = torch.randint(0, 256, (40, 1, 4, 4), generator=g, dtype=torch.uint8)
+    images = torch.randint(0, 256, (50, 1, 4, 4), generator=g, dtype=torch.uint8)
+    card = {"sha256": "d", "num_classes": 3, "shape": [1, 4, 4]}
+    train, test = (ImageSplit(x, torch.arange(len(x)) % 3, card) for x in (images[:40], images[40:]))
     ext = _StubExtractor(extractor_classes)
-    ref = Reference(train_features=ext.features_and_probs(train, 8)[0], train_pixels=train.reshape(40, -1).float() / 255,
-                    test_images=train[:10], label_distribution=torch.full((3,), 1 / 3, dtype=torch.float64),
-                    train_sharpness=1.0)
+    ref = compute_reference(ext, train, test, pr_k=3, dc_k=5, batch_size=8)
     cfg = load_config(Path(__file__).resolve().parents[2] / "params.yaml", ["evaluate.kid_subset_size=10"])
-    out = sample_quality(torch.randint(0, 256, (30, 1, 4, 4), generator=g, dtype=torch.uint8), ref, ext, cfg)
-    assert math.isfinite(out["inception_score"]) and math.isfinite(out["fid"])
-    assert ("classes_covered" in out) == (extractor_classes == 3)
+    for out in (sample_quality(torch.randint(0, 256, (30, 1, 4, 4), generator=g, dtype=torch.uint8), ref, ext, cfg),
+                reference_quality(ref, cfg)):
+        assert math.isfinite(out["inception_score"]) and math.isfinite(out["fid"])
+        assert ("classes_covered" in out) == (extractor_classes == 3)

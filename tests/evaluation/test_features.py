@@ -68,6 +68,8 @@ def test_training_writes_weights_and_card(trained):
     assert card["feature_dim"] == 16 and card["steps"] == 300 and card["val_split"] == "val"
     assert card["dataset_sha256"] == load_split(cfg.paths.data, "test").card["sha256"]
     assert card["seconds"] > 0 and 1 <= card["best_step"] <= 300
+    # the real data's reference statistics beside it (tests/evaluation/test_reference.py)
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "classifier.pt", "reference.json", "reference.pt"]
     assert card["test_accuracy"] > MIN_TEST_ACCURACY and card["val_accuracy"] > MIN_TEST_ACCURACY
 
 

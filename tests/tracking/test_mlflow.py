@@ -74,7 +74,8 @@ def test_the_feature_network_has_a_run_of_its_own(trained_project, mlflow_uri):
     assert run.data.metrics["test_accuracy"] == card["test_accuracy"]
     assert run.data.params["features.steps"] == str(card["steps"])
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2  # 150 steps: at 100 and 150
-    assert {a.path for a in client.list_artifacts(run.info.run_id, "features")} == {"features/card.json", "features/classifier.pt"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "features")} == {
+        "features/card.json", "features/classifier.pt", "features/reference.json"}
 
 
 def test_runs_that_start_together_all_log_the_dataset(tmp_path):

@@ -19,6 +19,8 @@ Layout of ``<paths.models>/features/`` (written as a whole, atomically)::
 
     classifier.pt   state dict of the DomainClassifier (torch.save; read with weights_only=True)
     card.json       id, architecture, accuracies, weights_sha256, dataset_sha256, steps, seconds
+    reference.pt    the real data's reference statistics in the features of the extractor that
+    reference.json  ``features.extractor`` names (:mod:`genpipe.evaluation.reference`)
 
 Both extractors take images as stored (uint8 ``(N, C, H, W)``, what ``genpipe.data.to_uint8``
 makes of a family's samples) and return float64 tensors on the CPU.
@@ -44,6 +46,8 @@ from genpipe.data import load_split, read_card
 from genpipe.images import to_model_range
 from genpipe.errors import InputError
 from genpipe.evaluation.inception import InceptionV3FID, load_fid_inception
+from genpipe.evaluation.reference import CARD as REFERENCE_CARD
+from genpipe.evaluation.reference import compute_reference, write_reference
 from genpipe.models.nets.conv import group_norm
 from genpipe.runtime import isolated_rng, progress_bar
 from genpipe.storage import atomic_directory, sha256_file
@@ -166,9 +170,11 @@ def train_feature_net(cfg: Config, device: torch.device | str = "cpu", progress:
     ``features.augment_shift`` pixels; the kept weights are those of the best validation
     accuracy (checked every 100 steps and at the end; the train split stands in when the val
     split is empty). Seeded by ``cfg.seed``: on the CPU two runs give the same bytes (the
-    same ``weights_sha256``) given the same thread count. Once the card is written, the
-    training is recorded as an MLflow run of its own (nested under ``parent_run_id`` if given):
-    :func:`track_feature_net`. Returns the card written.
+    same ``weights_sha256``) given the same thread count. Beside the network it writes the real
+    data's reference statistics (:mod:`genpipe.evaluation.reference`) in the features of the
+    extractor evaluation will load (on the CPU, as evaluation loads it), so that no evaluation
+    recomputes them. Once the folder is written, the training is recorded as an MLflow run of its
+    own (nested under ``parent_run_id`` if given): :func:`track_feature_net`. Returns the card written.
     """
     fc = cfg.features
     device = torch.device(device)
@@ -241,6 +247,9 @@ def train_feature_net(cfg: Config, device: torch.device | str = "cpu", progress:
             "seconds": time.perf_counter() - t0,
         }
         (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n")
+        e = cfg.evaluate
+        reference = compute_reference(load_extractor(cfg, folder=tmp), train, test, e.pr_k, e.dc_k, e.batch_size)
+        write_reference(tmp, reference, e.batch_size)
     track_feature_net(cfg, card, data_card, history, out, parent_run_id)
     return card
 
@@ -263,7 +272,7 @@ def track_feature_net(cfg: Config, card: dict[str, Any], data_card: dict[str, An
         final = {"train_accuracy": card["train_accuracy"], "best_val_accuracy": card["val_accuracy"],
                  "test_accuracy": card["test_accuracy"], "seconds": card["seconds"]}
         tracking.log_metrics(run_id, final, step=card["steps"], uri=uri)
-        for name in (CARD, WEIGHTS):
+        for name in (CARD, WEIGHTS, REFERENCE_CARD):
             tracking.log_artifact(run_id, folder / name, "features", uri=uri)
         ok = True
     finally:
@@ -349,8 +358,8 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_domain(cfg: Config, device: torch.device | str) -> Extractor:
-    folder = features_dir(cfg.paths.models)
+def _load_domain(cfg: Config, device: torch.device | str, folder: Path | None = None) -> Extractor:
+    folder = features_dir(cfg.paths.models) if folder is None else folder
     card_path, weights_path = folder / CARD, folder / WEIGHTS
     for path in (card_path, weights_path):
         if not path.exists():
@@ -388,10 +397,11 @@ def _load_inception(cfg: Config, device: torch.device | str) -> Extractor:
                      card=card, device=device)
 
 
-def load_extractor(cfg: Config, device: torch.device | str = "cpu") -> Extractor:
-    """The feature network ``cfg.features.extractor`` names, ready in eval mode on ``device``."""
+def load_extractor(cfg: Config, device: torch.device | str = "cpu", folder: Path | None = None) -> Extractor:
+    """The feature network ``cfg.features.extractor`` names, ready in eval mode on ``device``;
+    the domain classifier from ``folder`` (default ``<paths.models>/features``)."""
     if cfg.features.extractor == "domain":
-        return _load_domain(cfg, device)
+        return _load_domain(cfg, device, folder)
     if cfg.features.extractor == "inception":
         return _load_inception(cfg, device)
     raise InputError(f"features.extractor: unknown extractor {cfg.features.extractor!r}")  # config validates it first

@@ -16,6 +16,12 @@ the reference data, "fake" the generated samples.
 - :func:`class_histogram`: predicted-class counts and their KL to the label distribution.
 - :func:`memorisation`: nearest-neighbour distances to the training set, generated vs held out.
 
+The real side of each is the same for every sample set scored against one reference, so each
+function also takes it precomputed (``real_stats`` of :func:`feature_gaussian`, ``real_radii``
+of :func:`knn_radii`, ``heldout_to_train`` of :func:`nearest_train_distances`): the features
+stage computes them once (:mod:`genpipe.evaluation.reference`), with the very operations these
+functions would run, so the numbers are the same either way.
+
 Pairwise distances are computed with ``torch.cdist`` in float64, one block of rows at a time
 (at most ``_CHUNK_ELEMENTS`` distances per block), so 10k x 10k sets never materialise an
 N x M x D tensor. Both sets are first shifted by one common vector (distances do not change),
@@ -31,7 +37,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import scipy.linalg
@@ -45,14 +51,20 @@ from genpipe.runtime import isolated_rng
 
 
 __all__ = [
+    "FeatureGaussian",
     "class_histogram",
     "density_coverage",
+    "feature_gaussian",
     "frechet_distance",
     "frechet_distance_from_stats",
     "inception_score",
     "kernel_inception_distance",
+    "knn_radii",
     "memorisation",
+    "memorisation_ratio",
+    "nearest_train_distances",
     "precision_recall",
+    "train_scale",
 ]
 
 _CHUNK_ELEMENTS = 1 << 24  # distances per cdist block: 16M float64 = 128 MiB
@@ -103,6 +115,23 @@ def _knn_radii(x: torch.Tensor, k: int) -> torch.Tensor:
     return radii
 
 
+def knn_radii(real: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-NN radii (N,) of ``real`` (N, D) that :func:`precision_recall` and
+    :func:`density_coverage` draw their real balls with: each row's distance to its k-th nearest
+    other row, after centring on the mean (as those functions centre)."""
+    real = _features(real, "real features")
+    if k < 1 or k >= real.shape[0]:
+        raise InputError(f"k={k} needs 1 <= k < the size of the real set ({real.shape[0]})")
+    return _knn_radii(real - real.mean(dim=0), k)
+
+
+def _given_radii(radii: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    r = torch.as_tensor(radii).detach().to(torch.float64).to(real.device)
+    if r.shape != (real.shape[0],):
+        raise ValueError(f"real_radii: expected shape ({real.shape[0]},), one per real row, got {tuple(r.shape)}")
+    return r
+
+
 def _nn_distance(query: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """Distance from each row of ``query`` to its nearest row of ``reference``."""
     out = torch.empty(query.shape[0], dtype=query.dtype, device=query.device)
@@ -136,6 +165,53 @@ class _Precomputed(nn.Module):
 
 
 # ----------------------------------------------------------------------------- FID
+
+
+class FeatureGaussian(NamedTuple):
+    """A feature set's Gaussian as FID uses it: ``mean`` (D,) and unbiased ``cov`` (D, D) of the
+    features minus ``center`` (D,), the vector both sets are shifted by (the real mean), over
+    ``count`` rows. All float64."""
+
+    center: torch.Tensor
+    mean: torch.Tensor
+    cov: torch.Tensor
+    count: int
+
+
+def _moments(x: torch.Tensor, center: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased covariance of ``x - center``, accumulated as torchmetrics'
+    ``FrechetInceptionDistance.update``/``compute`` do (batch sums of x and x^T x, then
+    (S - n m m^T) / (n - 1)), so that they match its numbers bit for bit."""
+    d = x.shape[1]
+    total = torch.zeros(d, dtype=torch.float64, device=x.device)
+    outer = torch.zeros(d, d, dtype=torch.float64, device=x.device)
+    for i in range(0, x.shape[0], batch_size):
+        rows = x[i : i + batch_size] - center
+        total += rows.sum(dim=0)
+        outer += rows.t().mm(rows)
+    n = x.shape[0]
+    mean = (total / n).unsqueeze(0)
+    cov = (outer - n * mean.t().mm(mean)) / (n - 1)
+    return mean.squeeze(0), cov
+
+
+def feature_gaussian(real: torch.Tensor, batch_size: int = 1024) -> FeatureGaussian:
+    """The real side of :func:`frechet_distance`, computed once: centred on its own mean."""
+    real = _features(real, "real features")
+    if real.shape[0] < 2:
+        raise InputError(f"real features: FID needs at least 2 rows, got {real.shape[0]}")
+    center = real.mean(dim=0)
+    mean, cov = _moments(real, center, batch_size)
+    return FeatureGaussian(center, mean, cov, real.shape[0])
+
+
+def _check_fid_counts(n_real: int, n_fake: int, dim: int, key: str) -> None:
+    for which, n in (("generated", n_fake), ("real", n_real)):
+        if n < dim:
+            raise InputError(
+                f"{key}: {n} {which} samples are fewer than the {dim} feature dimensions; "
+                f"FID needs at least {dim}"
+            )
 
 
 def frechet_distance_from_stats(
@@ -183,8 +259,8 @@ def frechet_distance_from_stats(
     return mean_term + trace_term - 2.0 * cross
 
 
-def frechet_distance(real: torch.Tensor, fake: torch.Tensor, batch_size: int = 1024,
-                     key: str = "evaluate.num_samples") -> float:
+def frechet_distance(real: torch.Tensor | None, fake: torch.Tensor, batch_size: int = 1024,
+                     key: str = "evaluate.num_samples", real_stats: FeatureGaussian | None = None) -> float:
     r"""FID between real features (N, D) and generated features (M, D), via torchmetrics.
 
     Heusel et al. 2017, https://arxiv.org/abs/1706.08500: fit a Gaussian to each set and take
@@ -199,17 +275,25 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor, batch_size: int = 1
     next to the spread. The covariances are unbiased (n - 1). Rounding can leave a value of
     about -1e-10 for identical sets.
 
+    With ``real_stats`` (:func:`feature_gaussian` of the real features, computed once) ``real``
+    is not needed: the generated set is centred on ``real_stats.center`` and its moments are
+    summed as torchmetrics sums them (:func:`_moments`); the distance is torchmetrics' formula
+    (:func:`frechet_distance_from_stats`, ``eigvals``), so both ways give the same number.
+
     Raises :class:`InputError` naming ``key`` (the setting behind the sample count) when
     either set has fewer rows than D: its covariance would be singular and the estimate meaningless.
     """
+    if real_stats is not None:
+        fake = _features(fake, "generated features")
+        center = real_stats.center.to(torch.float64)
+        if fake.shape[1] != center.shape[0]:
+            raise ValueError(f"real and generated features differ in dimension: {center.shape[0]} vs {fake.shape[1]}")
+        _check_fid_counts(real_stats.count, fake.shape[0], fake.shape[1], key)
+        mean, cov = _moments(fake, center.to(fake.device), batch_size)
+        return frechet_distance_from_stats(real_stats.mean, real_stats.cov, mean, cov)
     real, fake = _pair(real, fake)
     dim = real.shape[1]
-    for which, n in (("generated", fake.shape[0]), ("real", real.shape[0])):
-        if n < dim:
-            raise InputError(
-                f"{key}: {n} {which} samples are fewer than the {dim} feature dimensions; "
-                f"FID needs at least {dim}"
-            )
+    _check_fid_counts(real.shape[0], fake.shape[0], dim, key)
     shift = real.mean(dim=0)
     metric = FrechetInceptionDistance(feature=_Precomputed(dim)).to(real.device)
     with torch.no_grad():
@@ -280,7 +364,8 @@ def kernel_inception_distance(
 # ----------------------------------------------------------------------------- k-NN manifolds
 
 
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tuple[float, float]:
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3,
+                     real_radii: torch.Tensor | None = None) -> tuple[float, float]:
     r"""Improved precision and recall of generated (M, D) vs real (N, D) features.
 
     Kynkaanniemi et al. 2019, "Improved Precision and Recall Metric for Assessing Generative
@@ -298,13 +383,16 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     Precision is the share of generated samples inside the real manifold (fidelity), recall
     the share of real samples inside the generated manifold (diversity). The ball is closed
     (<=), as in the paper and its official code. One pass of real-vs-generated distances serves
-    both. Raises :class:`InputError` naming ``evaluate.pr_k`` unless 1 <= k < min(N, M).
+    both. ``real_radii``: :func:`knn_radii` of ``real`` at this ``k``, computed once (the
+    generated set's radii are always computed). Raises :class:`InputError` naming
+    ``evaluate.pr_k`` unless 1 <= k < min(N, M).
     """
     real, fake = _pair(real, fake)
     _check_k(k, "evaluate.pr_k", real.shape[0], fake.shape[0])
     shift = real.mean(dim=0)
     real, fake = real - shift, fake - shift
-    r_real, r_fake = _knn_radii(real, k), _knn_radii(fake, k)
+    r_real = _knn_radii(real, k) if real_radii is None else _given_radii(real_radii, real)
+    r_fake = _knn_radii(fake, k)
     precise = torch.zeros(fake.shape[0], dtype=torch.bool, device=real.device)
     recalled = torch.zeros(real.shape[0], dtype=torch.bool, device=real.device)
     for i, j, d in _blocks(fake, real):  # d[a, b] = |fake_a - real_b|
@@ -313,7 +401,8 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> tupl
     return float(precise.double().mean()), float(recalled.double().mean())
 
 
-def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tuple[float, float]:
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5,
+                     real_radii: torch.Tensor | None = None) -> tuple[float, float]:
     r"""Density and coverage of generated (M, D) vs real (N, D) features.
 
     Naeem et al. 2020, "Reliable Fidelity and Diversity Metrics for Generative Models",
@@ -331,13 +420,14 @@ def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tupl
     distribution). The ball is open (<), as in the authors' code (``prdc``): a set compared
     with itself has coverage 1 and density 1 (each ball holds its centre and k - 1
     neighbours; the k-th neighbour sits on the boundary, where rounding of |a - b| vs |b - a|
-    can tip it in, so expect 1 + O(1/N)). Raises :class:`InputError` naming ``evaluate.dc_k`` unless 1 <= k < min(N, M).
+    can tip it in, so expect 1 + O(1/N)). ``real_radii``: :func:`knn_radii` of ``real`` at this
+    ``k``, computed once. Raises :class:`InputError` naming ``evaluate.dc_k`` unless 1 <= k < min(N, M).
     """
     real, fake = _pair(real, fake)
     _check_k(k, "evaluate.dc_k", real.shape[0], fake.shape[0])
     shift = real.mean(dim=0)
     real, fake = real - shift, fake - shift
-    r_real = _knn_radii(real, k)
+    r_real = _knn_radii(real, k) if real_radii is None else _given_radii(real_radii, real)
     count = 0
     covered = torch.zeros(real.shape[0], dtype=torch.bool, device=real.device)
     for _, _, d in _blocks(fake, real):
@@ -428,7 +518,45 @@ def class_histogram(
 # ----------------------------------------------------------------------------- copying
 
 
-def memorisation(train: torch.Tensor, fake: torch.Tensor, heldout: torch.Tensor) -> dict[str, float]:
+def _centred_train(train: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``train`` flattened to float64 rows and centred on its mean; and that mean."""
+    t = _features(train, "train features", flatten=True)
+    shift = t.mean(dim=0)
+    return t - shift, shift
+
+
+def _nearest(train_c: torch.Tensor, shift: torch.Tensor, query: Any, name: str) -> torch.Tensor:
+    q = _features(query, name, flatten=True).to(train_c.device)
+    if q.shape[1] != train_c.shape[1]:
+        raise ValueError(f"train and {name} differ in dimension: {train_c.shape[1]} vs {q.shape[1]}")
+    return _nn_distance(q - shift, train_c)
+
+
+def nearest_train_distances(train: Any, query: Any) -> torch.Tensor:
+    """Distance (M,) from each row of ``query`` to its nearest row of ``train`` (both flattened,
+    float64, centred on the train mean): what :func:`memorisation` averages, and what the
+    features stage stores for the held-out images."""
+    train_c, shift = _centred_train(train)
+    return _nearest(train_c, shift, query, "held-out features")
+
+
+def train_scale(train: Any) -> float:
+    """The largest |coordinate| of ``train`` centred on its mean: sets the tolerance below which
+    :func:`memorisation_ratio` takes a mean distance for rounding (equal rows)."""
+    return float(_centred_train(train)[0].abs().max())
+
+
+def memorisation_ratio(fake_to_train: torch.Tensor, heldout_to_train: torch.Tensor, scale: float) -> dict[str, float]:
+    """:func:`memorisation`'s figures from the per-sample nearest-train distances; ``scale``:
+    :func:`train_scale` of the train set."""
+    fake_nn, heldout_nn = float(fake_to_train.mean()), float(heldout_to_train.mean())
+    if heldout_nn <= 1e-9 * (1.0 + scale):  # cdist puts equal rows ~1e-15 apart
+        raise InputError("held-out images: every one duplicates a training image; the memorisation ratio is undefined")
+    return {"fake_to_train": fake_nn, "heldout_to_train": heldout_nn, "ratio": fake_nn / heldout_nn}
+
+
+def memorisation(train: torch.Tensor, fake: torch.Tensor, heldout: torch.Tensor | None = None,
+                 heldout_to_train: torch.Tensor | None = None) -> dict[str, float]:
     """Do generated samples sit closer to the training set than unseen real images do?
 
     Inputs are (N, ...) images or features, flattened to vectors (uint8 pixels are fine; all
@@ -441,15 +569,14 @@ def memorisation(train: torch.Tensor, fake: torch.Tensor, heldout: torch.Tensor)
       training images as new real images are; well below 1 means the model reproduces
       training images (copying). Above 1 is a quality problem rather than copying.
 
-    Raises :class:`InputError` when the held-out images coincide with training images (the
-    ratio would divide by zero).
+    ``heldout_to_train``: the held-out images' distances (:func:`nearest_train_distances`),
+    computed once; then ``heldout`` is not needed. Raises :class:`InputError` when the held-out
+    images coincide with training images (the ratio would divide by zero).
     """
-    train, fake = _pair(train, fake, ("train", "generated"), flatten=True)
-    _, heldout = _pair(train, heldout, ("train", "held-out"), flatten=True)
-    shift = train.mean(dim=0)
-    train, fake, heldout = train - shift, fake - shift, heldout - shift
-    fake_nn = float(_nn_distance(fake, train).mean())
-    heldout_nn = float(_nn_distance(heldout, train).mean())
-    if heldout_nn <= 1e-9 * (1.0 + float(train.abs().max())):  # cdist puts equal rows ~1e-15 apart
-        raise InputError("held-out images: every one duplicates a training image; the memorisation ratio is undefined")
-    return {"fake_to_train": fake_nn, "heldout_to_train": heldout_nn, "ratio": fake_nn / heldout_nn}
+    train_c, shift = _centred_train(train)
+    fake_d = _nearest(train_c, shift, fake, "generated features")
+    if heldout_to_train is None:
+        if heldout is None:
+            raise ValueError("memorisation needs heldout or heldout_to_train")
+        heldout_to_train = _nearest(train_c, shift, heldout, "held-out features")
+    return memorisation_ratio(fake_d, heldout_to_train, float(train_c.abs().max()))

@@ -5,81 +5,52 @@ Features and class probabilities come from one extractor (:mod:`genpipe.evaluati
 whose id goes into every result. The reference is the prepared train split: FID/KID,
 precision/recall, density/coverage compare to its features, the class histogram to its label
 distribution, memorisation to its pixels (with the test split as the held-out real images).
+Its real-side statistics are computed once, by the features stage
+(:mod:`genpipe.evaluation.reference`); :func:`load_reference` reads them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from genpipe.config import Config
-from genpipe.data import load_split
+from genpipe.data import load_split, read_card
 from genpipe.evaluation import metrics as M
-from genpipe.evaluation.features import Extractor
+from genpipe.evaluation.features import Extractor, features_dir
+from genpipe.evaluation.reference import Reference, pixels, read_reference, sharpness
+
+__all__ = ["Reference", "load_reference", "reference_quality", "sample_quality", "sharpness"]
 
 
-@dataclass(frozen=True)
-class Reference:
-    """The real data every sample set is compared with, in the extractor's features."""
-
-    train_features: torch.Tensor  # (N, D) float64
-    train_pixels: torch.Tensor  # (N, C*H*W) float32 in [0, 1]
-    test_images: torch.Tensor  # (M, C, H, W) uint8, for the real-data reference row
-    label_distribution: torch.Tensor  # (K,) train label frequencies
-    train_sharpness: float  # mean Laplacian energy of the train images
-
-
-def _pixels(images: torch.Tensor) -> torch.Tensor:
-    return images.reshape(len(images), -1).float() / 255.0
+def load_reference(cfg: Config, extractor: Extractor, with_pixels: bool = True) -> Reference:
+    """The reference statistics the features stage stored for today's dataset and ``extractor``
+    (an :class:`InputError` saying to run `genpipe features` again when they do not match);
+    ``with_pixels`` adds the train pixels that memorisation of new samples needs."""
+    ref = read_reference(features_dir(cfg.paths.models), read_card(cfg.paths.data)["sha256"], extractor.id,
+                         cfg.evaluate.pr_k, cfg.evaluate.dc_k, extractor.num_features)
+    if not with_pixels:
+        return ref
+    return replace(ref, train_pixels=pixels(load_split(cfg.paths.data, "train").images))
 
 
-def sharpness(images: torch.Tensor) -> float:
-    """Mean squared response of the 3x3 Laplacian over uint8 images (N, C, H, W) in [0, 1]
-    units: blur lowers it, noise raises it. Reported relative to the real train images."""
-    x = images.float() / 255.0
-    c = x.shape[1]
-    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).repeat(c, 1, 1, 1)
-    return float(F.conv2d(x, kernel, groups=c).pow(2).mean())
-
-
-def load_reference(cfg: Config, extractor: Extractor) -> Reference:
-    train, test = load_split(cfg.paths.data, "train"), load_split(cfg.paths.data, "test")
-    counts = torch.bincount(train.labels.long(), minlength=train.num_classes).double()
-    return Reference(
-        train_features=extractor.features(train.images, cfg.evaluate.batch_size),
-        train_pixels=_pixels(train.images),
-        test_images=test.images,
-        label_distribution=counts / counts.sum(),
-        train_sharpness=sharpness(train.images),
-    )
-
-
-def sample_quality(images: torch.Tensor, ref: Reference, extractor: Extractor, cfg: Config,
-                   key: str = "evaluate.num_samples") -> dict[str, Any]:
-    """Every distribution metric of uint8 ``images`` (N, C, H, W) against ``ref``; ``key`` is
-    the setting behind their count, named when it is too small."""
+def _scores(feats: torch.Tensor, probs: torch.Tensor | None, ref: Reference, cfg: Config, key: str) -> dict[str, Any]:
+    """The feature-space metrics of ``feats`` (N, D) and ``probs`` (N, K) against ``ref``."""
     e = cfg.evaluate
-    feats, probs = extractor.features_and_probs(images, e.batch_size)
     real = ref.train_features
-    fid = M.frechet_distance(real, feats, key=key)
     kid_mean, kid_std = M.kernel_inception_distance(real, feats, e.kid_subsets, e.kid_subset_size, seed=cfg.seed, key=key)
-    precision, recall = M.precision_recall(real, feats, e.pr_k)
-    density, coverage = M.density_coverage(real, feats, e.dc_k)
+    precision, recall = M.precision_recall(real, feats, e.pr_k, real_radii=ref.pr_radii)
+    density, coverage = M.density_coverage(real, feats, e.dc_k, real_radii=ref.dc_radii)
     out: dict[str, Any] = {
-        "extractor_id": extractor.id,
-        "num_samples": len(images),
-        "fid": fid,
+        "fid": M.frechet_distance(None, feats, key=key, real_stats=ref.fid),
         "kid": kid_mean,
         "kid_std": kid_std,
         "precision": precision,
         "recall": recall,
         "density": density,
         "coverage": coverage,
-        "sharpness_ratio": sharpness(images) / ref.train_sharpness,
-        "memorisation": M.memorisation(ref.train_pixels, _pixels(images), _pixels(ref.test_images)),
     }
     if probs is not None:
         is_mean, is_std = M.inception_score(probs)
@@ -89,3 +60,32 @@ def sample_quality(images: torch.Tensor, ref: Reference, extractor: Extractor, c
             out |= {"classes_covered": hist["classes_covered"], "class_kl": hist["kl_to_labels"],
                     "class_fractions": hist["fractions"]}
     return out
+
+
+def sample_quality(images: torch.Tensor, ref: Reference, extractor: Extractor, cfg: Config,
+                   key: str = "evaluate.num_samples") -> dict[str, Any]:
+    """Every distribution metric of uint8 ``images`` (N, C, H, W) against ``ref``; ``key`` is
+    the setting behind their count, named when it is too small."""
+    if ref.train_pixels is None:
+        raise ValueError("sample_quality needs the train pixels: load_reference(..., with_pixels=True)")
+    feats, probs = extractor.features_and_probs(images, cfg.evaluate.batch_size)
+    return {
+        "extractor_id": extractor.id,
+        "num_samples": len(images),
+        **_scores(feats, probs, ref, cfg, key),
+        "sharpness_ratio": sharpness(images) / ref.train_sharpness,
+        "memorisation": M.memorisation(ref.train_pixels, pixels(images), heldout_to_train=ref.heldout_to_train),
+    }
+
+
+def reference_quality(ref: Reference, cfg: Config, key: str = "data.test_fraction (the test split)") -> dict[str, Any]:
+    """The metrics of the held-out real images (test split) against ``ref``, from their stored
+    features: what :func:`sample_quality` gives for them, with no image read or extracted."""
+    held = ref.heldout_to_train
+    return {
+        "extractor_id": ref.extractor_id,
+        "num_samples": len(ref.heldout_features),
+        **_scores(ref.heldout_features, ref.heldout_probs, ref, cfg, key),
+        "sharpness_ratio": ref.heldout_sharpness / ref.train_sharpness,
+        "memorisation": M.memorisation_ratio(held, held, ref.train_scale),  # the held-out set is the "sample" here
+    }

@@ -2,7 +2,7 @@
 
 ``genpipe report`` (and the last task of the pipeline flow) reads ``metrics/<family>.json``
 written by the evaluate stage, scores the held-out real images with the same extractor as a
-reference row, and writes
+reference row (from the reference statistics the features stage stored), and writes
 
 * ``reports/comparison.md`` and ``reports/comparison.html`` (templates in ``templates/``,
   rendered by :mod:`genpipe.evaluation.render`): one row per family (and per sampling setting
@@ -32,7 +32,7 @@ from genpipe.config import Config
 from genpipe.errors import InputError
 from genpipe.evaluation import render
 from genpipe.evaluation.features import load_extractor
-from genpipe.evaluation.quality import load_reference, sample_quality
+from genpipe.evaluation.quality import load_reference, reference_quality
 from genpipe.evaluation.report_plots import loss_histories, write_plots
 from genpipe.models import FAMILIES
 from genpipe.results import EvaluationResult, Quality
@@ -57,10 +57,10 @@ def _read_results(cfg: Config) -> dict[str, EvaluationResult]:
 
 def real_reference(cfg: Config) -> Quality:
     """The held-out real images (test split) through the same metrics: the floor a perfect
-    generator would reach at that sample count."""
-    extractor = load_extractor(cfg)
-    ref = load_reference(cfg, extractor)
-    return Quality(**sample_quality(ref.test_images, ref, extractor, cfg, key="data.test_fraction (the test split)"))
+    generator would reach at that sample count. Their features come stored with the reference
+    statistics (the features stage), so no image is read or extracted here."""
+    ref = load_reference(cfg, load_extractor(cfg), with_pixels=False)
+    return Quality(**reference_quality(ref, cfg))
 
 
 def _same_extractor(results: dict[str, EvaluationResult], real: Quality, cfg: Config) -> None:

@@ -93,6 +93,8 @@ def measure(cfg: Config, family: str, model: torch.nn.Module, state: dict[str, A
     """Every number of the protocol for the trained ``model`` (its checkpoint ``state``), and the
     figures to show beside them (sample grid; interpolation and traversal for a latent space) by
     the path they belong at; nothing is written."""
+    extractor = load_extractor(cfg)  # first: a missing or stale reference fails before any sampling
+    ref = load_reference(cfg, extractor)
     test = load_split(cfg.paths.data, "test")
     likelihood = heldout_likelihood(model, test.images, test.labels, cfg.evaluate.batch_size, cfg.seed)
     options = sampling_options(cfg, family)
@@ -102,8 +104,6 @@ def measure(cfg: Config, family: str, model: torch.nn.Module, state: dict[str, A
     if isinstance(model, LatentModel):
         figures |= {folder / f"{name}.png": grid for name, grid in
                     latent_grids(model, cfg.seed, cfg.seed + 1, options=options).items()}
-    extractor = load_extractor(cfg)
-    ref = load_reference(cfg, extractor)
     quality = Quality(**sample_quality(scored.images, ref, extractor, cfg), seed=cfg.seed, generation_seconds=scored.seconds)
     meta = state.get("meta", {})
     result = EvaluationResult(
@@ -133,7 +133,7 @@ def seed_spread(cfg: Config, family: str, options: SamplingSection | None, extra
     for s in cfg.stability_seeds:
         replicate, _ = load_trained(cfg, family, seed=s)
         images = sample_timed(replicate, e.num_samples, options, cfg.seed, e.batch_size).images
-        fids.append(M.frechet_distance(ref.train_features, extractor.features(images, e.batch_size)))
+        fids.append(M.frechet_distance(None, extractor.features(images, e.batch_size), real_stats=ref.fid))
         shas.append(sha256_file(trained_checkpoint(cfg.paths.models, family, s)))
     mean = sum(fids) / len(fids)
     std = math.sqrt(sum((f - mean) ** 2 for f in fids) / (len(fids) - 1))
@@ -157,10 +157,10 @@ def sampler_sweep(cfg: Config, family: str, model: torch.nn.Module, base: Sampli
             timed = sample_timed(model, e.sweep_samples, options, cfg.seed, e.batch_size)
             images, speed = timed.images, sampling_speed(model, options, timed)
         feats = extractor.features(images, e.batch_size)
-        precision, recall = M.precision_recall(ref.train_features, feats, e.pr_k)
+        precision, recall = M.precision_recall(ref.train_features, feats, e.pr_k, real_radii=ref.pr_radii)
         rows.append(SweepRow(
             sampler=options.series(), setting=options.label(), nfe=speed["nfe"], num_samples=e.sweep_samples, seed=cfg.seed,
-            fid=M.frechet_distance(ref.train_features, feats, key="evaluate.sweep_samples"),
+            fid=M.frechet_distance(None, feats, key="evaluate.sweep_samples", real_stats=ref.fid),
             kid=M.kernel_inception_distance(ref.train_features, feats, e.kid_subsets, e.kid_subset_size, seed=cfg.seed,
                                             key="evaluate.sweep_samples")[0],
             precision=precision, recall=recall, images_per_s=speed["images_per_s"], extractor_id=extractor.id,
