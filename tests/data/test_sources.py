@@ -116,6 +116,19 @@ def test_mnist_idx_files_keep_their_test_split(project, gz):
     assert all(train.images[i, 0].numpy().tobytes() in train_set for i in range(len(train)))
 
 
+def test_emnist_files_are_turned_upright(project):
+    """EMNIST stores each image transposed; files named emnist-* are transposed back, others kept."""
+    data = _write_mnist(project / "emnist", prefix="emnist-letters-")
+    _write_mnist(project / "plain")
+    for folder, flip in (("emnist", True), ("plain", False)):
+        cfg = load_config("params.yaml", ["data.source=mnist", f"data.path={project / folder}", "data.resolution=28"])
+        card = prepare_dataset(cfg)
+        test = load_split(cfg.paths.data, "test")
+        want = {(d.T if flip else d).tobytes() for d in data["t10k"][0]}
+        assert {img[0].numpy().tobytes() for img in test.images} == want, folder
+        assert ("EMNIST" in card["description"]) == flip
+
+
 @pytest.mark.parametrize("breakage", ["no path", "no folder", "a missing file", "bad magic", "truncated",
                                       "labels do not match", "not gzip"])
 def test_bad_idx_files_are_one_line_naming_the_file(project, capsys, breakage):

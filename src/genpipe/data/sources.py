@@ -164,10 +164,11 @@ def load_mnist_source(dc: DataConfig, seed: int = 0, storage: StorageConfig | No
     folder = Location(dc.path, storage or StorageConfig())
     if (kind := folder.kind()) != "folder":
         raise InputError(f"data.path: {folder.uri}: {'not a folder' if kind else 'no such folder'}")
-    names, parts = folder.files(), {}
+    names, parts, emnist = folder.files(), {}, True
     for split, prefix in (("train", "train"), ("test", "t10k")):
         found = [_idx_file(folder, names, f"{prefix}-{what}") for what in ("images-idx3-ubyte", "labels-idx1-ubyte")]
         images, labels = (read_idx(folder.read(n), folder.name(n), d) for n, d in zip(found, (3, 1)))
+        emnist = emnist and found[0].lower().startswith("emnist")
         if len(images) != len(labels):
             raise InputError(f"data.path: {folder.uri}: {len(images)} {prefix} images but {len(labels)} labels")
         parts[split] = (images, labels.astype(np.int64))
@@ -175,6 +176,8 @@ def load_mnist_source(dc: DataConfig, seed: int = 0, storage: StorageConfig | No
         raise InputError(f"data.path: {folder.uri}: train images are {parts['train'][0].shape[1:]}, "
                          f"test images {parts['test'][0].shape[1:]}")
     images = np.concatenate([parts["train"][0], parts["test"][0]])[:, None]  # (N, 1, H, W)
+    if emnist:  # EMNIST's files hold each image transposed (column-major): turn them upright
+        images = images.transpose(0, 1, 3, 2)
     labels = np.concatenate([parts["train"][1], parts["test"][1]])
     test = np.zeros(len(labels), dtype=bool)
     test[len(parts["train"][1]):] = True
@@ -185,7 +188,7 @@ def load_mnist_source(dc: DataConfig, seed: int = 0, storage: StorageConfig | No
         labels=labels,
         class_names=tuple(str(i) for i in range(classes)),
         description=f"IDX files (MNIST layout) in {folder.uri.rsplit('/', 1)[-1]}: {len(parts['train'][1])} train + "
-                    f"{len(parts['test'][1])} test images, {h}x{w} grey",
+                    f"{len(parts['test'][1])} test images, {h}x{w} grey" + (", EMNIST (transposed upright)" if emnist else ""),
         test=test,
     )
 
