@@ -44,6 +44,18 @@ def write_params(folder: Path, tree: dict | None = None) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    tiny tensors and matrix products gain nothing from a second thread on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def train_killed_after_first_checkpoint(monkeypatch, cfg, family: str) -> None:
     """Train ``family`` until its first checkpoint is written, then die as a killed process would."""
     from genpipe.training import train_family

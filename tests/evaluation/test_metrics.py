@@ -22,13 +22,7 @@ from genpipe.evaluation.metrics import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The metrics are matrix products; one thread keeps timings stable on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def gaussian(n: int, d: int, seed: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:

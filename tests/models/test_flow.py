@@ -21,13 +21,7 @@ from genpipe.training.ema import make_ema
 SPEC = ImageSpec((1, 8, 8), 10)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds hand-offs (80x slower on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def flow(spec: ImageSpec = SPEC, **cfg) -> torch.nn.Module:
