@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import sys
+import time
 import types
 from collections import deque
 from collections.abc import Iterator
@@ -253,6 +254,7 @@ def _prepare_files(cfg: Config, src: SourceFiles) -> dict:
             shards = _Shards(tmp)
             starts = range(0, len(order), dc.shard_rows)
             with progress_bar(len(order), "prepare: decode", "image", enabled=n >= PROGRESS_FROM) as bar:
+                done, t0 = 0, time.perf_counter()
                 chunks = (keep[order[a : a + dc.shard_rows]] for a in starts)
                 for a, (pixels, bad) in zip(starts, pool.map(decode_chunk, chunks, policy)):
                     rows = order[a : a + dc.shard_rows]
@@ -263,6 +265,8 @@ def _prepare_files(cfg: Config, src: SourceFiles) -> dict:
                     good = np.delete(rows, [k for k, _ in bad])
                     if len(good):
                         shards.write(keep[good], splits[good], labels[good], pixels)
+                    done += len(rows)
+                    bar.set_postfix(images_s=f"{done / max(time.perf_counter() - t0, 1e-9):.0f}")  # in logs too
                     bar.update(len(rows))
             skipped.sort()
             extra = {
