@@ -4,7 +4,7 @@ Layout of ``paths.data`` (written atomically as a whole)::
 
     shard-00000.parquet   columns: index (int32), split (string), label (int16),
     ...                            pixels (binary, C*H*W uint8 bytes in CHW order)
-    card.json             source, shape, classes, counts per split, sha256 per shard
+    card.json             source, shape, classes, counts per split, sha256 and rows per split per shard
 
 The dataset sha256 (``card["sha256"]``) is the sha256 of the shards' hashes in order; it is
 what MLflow runs and reports cite.
@@ -122,7 +122,9 @@ class _Shards:
         )
         name = f"shard-{len(self.entries):05d}.parquet"
         pq.write_table(table, self.folder / name, compression="zstd")
-        self.entries.append({"path": name, "rows": len(index), "sha256": sha256_file(self.folder / name)})
+        self.entries.append({"path": name, "rows": len(index), "sha256": sha256_file(self.folder / name),
+                             # rows per split: the streamed training path plans from these without opening shards
+                             "splits": {s: int((splits == s).sum()) for s in SPLITS}})
         self.splits.append(np.asarray(splits))
         self.labels.append(np.asarray(labels))
 
